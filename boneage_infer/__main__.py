@@ -1,0 +1,225 @@
+"""Command line: ``python -m boneage_infer {predict,evaluate,train} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _print_error(name: str, exc: Exception) -> None:
+    print(f"{name}: error: {exc}", file=sys.stderr)
+
+
+def _cases_from_csv(path: Path, default_sex: str | None, default_age: str | None, images: Path | None):
+    """Rows of a cases CSV: `file` (or `id` with --images) and optional `sex`, `age`."""
+    from .data import find_image
+
+    cases = []
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row.get("file"):
+                file = Path(row["file"])
+                file = file if file.is_absolute() else path.parent / file
+            elif row.get("id"):
+                folder = images or path.parent
+                file = find_image(folder, row["id"]) or folder / f"{row['id']}.png"
+            else:
+                raise ValueError(f"{path}: each row needs a 'file' or an 'id' column.")
+            sex = row.get("sex") or (
+                {"true": "M", "false": "F"}.get(str(row.get("male")).lower()) or default_sex
+            )
+            cases.append((file, sex, row.get("age") or row.get("chronological_age_months") or default_age))
+    return cases
+
+
+def _collect_cases(args: argparse.Namespace) -> list[tuple[Path, str | None, str | None]]:
+    from .data import IMAGE_SUFFIXES
+
+    cases = []
+    for item in args.images:
+        path = Path(item)
+        if path.suffix.lower() == ".csv":
+            cases += _cases_from_csv(path, args.sex, args.age, args.image_dir)
+        elif path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            cases += [(p, args.sex, args.age) for p in files]
+        else:
+            cases.append((path, args.sex, args.age))
+    return cases
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .predictor import BoneAgePredictor
+    from .weights import WeightsError
+
+    try:
+        cases = _collect_cases(args)
+    except (OSError, ValueError) as exc:
+        _print_error("input", exc)
+        return 2
+    if not cases:
+        _print_error("input", ValueError("no images given"))
+        return 2
+    try:
+        predictor = BoneAgePredictor(args.weights)
+    except WeightsError as exc:
+        _print_error("weights", exc)
+        return 3
+    results = predictor.predict_batch(
+        [c[0] for c in cases], [c[1] or "" for c in cases], [c[2] for c in cases]
+    )
+    rows, failed = [], 0
+    for (file, _, _), result in zip(cases, results):
+        if isinstance(result, Exception):
+            failed += 1
+            _print_error(str(file), result)
+            rows.append({"file": str(file), "error": str(result)})
+            continue
+        row = result.to_dict()
+        rows.append(row)
+        if args.json:
+            print(json.dumps(row), flush=True)
+        else:
+            print(_describe(row), flush=True)
+    if args.csv:
+        fields = list(dict.fromkeys(k for row in rows for k in row))
+        with open(args.csv, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(
+                {k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()} for r in rows
+            )
+    return 1 if failed else 0
+
+
+def _describe(row: dict) -> str:
+    text = f"{row['file']}: bone age {row['bone_age_months']:.1f} months ({row['bone_age_text']})"
+    text += f", {row['stage']}"
+    if row.get("gap_months") is not None:
+        text += f"; gap {row['gap_months']:+.1f} months"
+        if row.get("z_score") is not None:
+            text += f", z {row['z_score']:+.2f}"
+        text += f": {row['call']}"
+    for warning in row.get("warnings", []):
+        text += f"\n  warning: {warning}"
+    return text
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .data import load_cases
+    from .metrics import regression_metrics
+    from .predictor import BoneAgePredictor
+    from .weights import WeightsError
+
+    try:
+        cases = load_cases(args.images, args.labels)
+        if args.split:
+            with open(args.labels.parent / "splits.csv", newline="") as handle:
+                wanted = {r["id"] for r in csv.DictReader(handle) if r["split"] == args.split}
+            cases = cases.subset(np.isin(cases.ids, list(wanted)))
+        if args.limit:
+            cases = cases.subset(np.arange(len(cases)) < args.limit)
+        predictor = BoneAgePredictor(args.weights)
+    except (OSError, ValueError, WeightsError) as exc:
+        _print_error("evaluate", exc)
+        return 2
+    results = predictor.predict_batch(cases.paths, ["M" if m else "F" for m in cases.male])
+    ok = np.array([not isinstance(r, Exception) for r in results])
+    for path, result in zip(cases.paths, results):
+        if isinstance(result, Exception):
+            _print_error(str(path), result)
+    predicted = np.array([r.bone_age_months for r in results if not isinstance(r, Exception)])
+    summary = regression_metrics(predicted, cases.bone_age_months[ok], cases.male[ok])
+    summary["failed"] = int((~ok).sum())
+    summary["model_version"] = predictor.model_version
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"n      {summary['n']}  (failed {summary['failed']})")
+        print(f"MAE    {summary['mae']:.2f} months")
+        print(f"RMSE   {summary['rmse']:.2f} months")
+        print(f"R²     {summary['r2']:.3f}")
+        print(f"bias   {summary['bias']:+.2f} months (predicted − reference)")
+        for sex, value in summary["mae_by_sex"].items():
+            print(f"MAE {sex}  {value:.2f} months" if value is not None else f"MAE {sex}  -")
+        for band, value in summary["mae_by_age_band"].items():
+            print(f"MAE {band:>7}  {value['mae']:.2f} months (n={value['n']})")
+    return 1 if summary["failed"] else 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import cross_validate, train
+
+    options = dict(
+        model_name=args.model,
+        stages=args.stages,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        resume=args.resume,
+        age_group_head=args.age_group_head,
+        mixed_precision=not args.fp32,
+        limit=args.limit,
+        verbose=1 if sys.stdout.isatty() or args.progress else 2,
+    )
+    if args.folds > 1:
+        print(cross_validate(args.data, args.out, args.folds, seed=args.seed, **options))
+    else:
+        print(train(args.data, args.out, seed=args.seed, **options))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m boneage_infer", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("predict", help="bone age for radiographs (files, folders or a cases CSV)")
+    p.add_argument("images", nargs="+", help="image files (PNG/JPEG/DICOM), folders, or CSV files of cases")
+    p.add_argument(
+        "--sex", type=str.upper, choices=["M", "F"], help="sex for every image (a CSV may give it per row)"
+    )
+    p.add_argument("--age", help="chronological age: months (e.g. 123) or years+months (e.g. 10y3m)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--csv", type=Path, help="also write all readings to this CSV")
+    p.add_argument("--image-dir", type=Path, help="folder for a CSV's `id` column")
+    p.add_argument("--weights", help="weights folder (default: BONEAGE_WEIGHTS, BONEAGE_HF_REPO, weights/)")
+    p.set_defaults(run=_predict)
+
+    p = commands.add_parser("evaluate", help="accuracy on a labelled set")
+    p.add_argument("--images", type=Path, required=True, help="folder with <id>.png or <id>.jpg")
+    p.add_argument("--labels", type=Path, required=True, help="CSV: id, boneage (months), male or sex")
+    p.add_argument("--split", help="only ids with this split in splits.csv beside the labels (e.g. val)")
+    p.add_argument("--limit", type=int, help="only the first N cases")
+    p.add_argument("--json", action="store_true", help="one JSON object with n, mae, rmse, r2, bias")
+    p.add_argument("--weights", help="weights folder")
+    p.set_defaults(run=_evaluate)
+
+    p = commands.add_parser("train", help="train on an RSNA-layout data folder")
+    p.add_argument("--data", type=Path, required=True, help="folder with images/, labels.csv, splits.csv")
+    p.add_argument("--out", type=Path, required=True, help="run folder, e.g. runs/NAME")
+    p.add_argument("--model", default="xception-small", help="xception-small (default) or xception")
+    p.add_argument("--stages", default="224:8", help="input size and epochs per stage, e.g. 160:2,224:6")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay)")
+    p.add_argument("--resume", type=Path, help="weights folder to start from, e.g. weights/")
+    p.add_argument("--age-group-head", action="store_true", help="add the 5-group head (5*MAE + CE)")
+    p.add_argument("--fp32", action="store_true", help="disable mixed bfloat16")
+    p.add_argument("--folds", type=int, default=1, help="K-fold cross-validation on the train split")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--limit", type=int, help="use only this many training images (smoke tests)")
+    p.add_argument("--progress", action="store_true", help="progress bar with ETA even when not a tty")
+    p.set_defaults(run=_train)
+
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

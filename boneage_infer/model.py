@@ -1,0 +1,116 @@
+"""The network: an Xception backbone with a sex input and a regression head in months.
+
+``build_model`` builds from a ``ModelConfig``; ``MODELS`` is the registry of named
+configurations. ``xception`` is the canonical keras.applications.Xception topology
+(width 1, 8 middle-flow blocks); ``xception-small`` is the half-width, 4-block
+variant that trains at a useful speed on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+from keras import layers
+
+AGE_GROUP_EDGES_MONTHS = (24, 72, 120, 168)  # 5 bone-age groups for the optional head
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the network; saved as config.json beside the weights."""
+
+    name: str = "xception-small"
+    width: float = 0.5
+    middle_blocks: int = 4
+    channels: int = 1
+    input_size: int = 224
+    head_units: int = 256
+    dropout: float = 0.2
+    age_group_head: bool = False
+    target_mean_months: float = 127.3
+    target_std_months: float = 41.2
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelConfig:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+MODELS: dict[str, ModelConfig] = {
+    "xception": ModelConfig(name="xception", width=1.0, middle_blocks=8, channels=3, input_size=299),
+    "xception-small": ModelConfig(),
+}
+
+
+def _filters(config: ModelConfig, n: int) -> int:
+    return max(8, int(round(n * config.width / 8)) * 8)
+
+
+def _conv_bn(x, filters: int, kernel: int, strides: int = 1, name: str = ""):
+    x = layers.Conv2D(filters, kernel, strides=strides, use_bias=False, name=f"{name}_conv")(x)
+    return layers.BatchNormalization(name=f"{name}_bn")(x)
+
+
+def _sep_bn(x, filters: int, name: str, relu_first: bool = True):
+    if relu_first:
+        x = layers.Activation("relu", name=f"{name}_act")(x)
+    x = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_sepconv")(x)
+    return layers.BatchNormalization(name=f"{name}_bn")(x)
+
+
+def _down_block(x, filters: tuple[int, int], name: str, relu_first: bool = True):
+    residual = layers.Conv2D(
+        filters[1], 1, strides=2, padding="same", use_bias=False, name=f"{name}_res_conv"
+    )(x)
+    residual = layers.BatchNormalization(name=f"{name}_res_bn")(residual)
+    x = _sep_bn(x, filters[0], f"{name}_a", relu_first=relu_first)
+    x = _sep_bn(x, filters[1], f"{name}_b")
+    x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"{name}_pool")(x)
+    return layers.add([x, residual], name=f"{name}_add")
+
+
+def xception_backbone(image, config: ModelConfig):
+    """Xception (Chollet 2017) with a width multiplier and a configurable middle flow."""
+    f = lambda n: _filters(config, n)  # noqa: E731
+    x = layers.Activation("relu", name="entry1_act")(_conv_bn(image, f(32), 3, 2, "entry1"))
+    x = layers.Activation("relu", name="entry2_act")(_conv_bn(x, f(64), 3, 1, "entry2"))
+    x = _down_block(x, (f(128), f(128)), "entry3", relu_first=False)
+    x = _down_block(x, (f(256), f(256)), "entry4")
+    x = _down_block(x, (f(728), f(728)), "entry5")
+    for i in range(config.middle_blocks):
+        residual = x
+        for j in "abc":
+            x = _sep_bn(x, f(728), f"middle{i}_{j}")
+        x = layers.add([x, residual], name=f"middle{i}_add")
+    x = _down_block(x, (f(728), f(1024)), "exit1")
+    x = layers.SeparableConv2D(f(1536), 3, padding="same", use_bias=False, name="exit2_sepconv")(x)
+    x = layers.Activation("relu", name="exit2_act")(layers.BatchNormalization(name="exit2_bn")(x))
+    x = layers.SeparableConv2D(f(2048), 3, padding="same", use_bias=False, name="exit3_sepconv")(x)
+    x = layers.BatchNormalization(name="exit3_bn")(x)
+    return layers.Activation("relu", name="last_conv")(x)  # Grad-CAM target
+
+
+def build_model(config: ModelConfig) -> keras.Model:
+    """Build the multi-input network (inputs ``image`` and ``sex``; 1 = male).
+
+    Output ``bone_age_z`` is the standardised bone age; months = mean + std * z.
+    With ``age_group_head`` a second output ``age_group`` gives 5-class probabilities.
+    """
+    image = keras.Input((None, None, config.channels), name="image")
+    sex = keras.Input((1,), name="sex")
+    features = layers.GlobalAveragePooling2D(name="pool")(xception_backbone(image, config))
+    sex_features = layers.Dense(16, activation="relu", name="sex_dense")(sex)
+    x = layers.Concatenate(name="concat")([features, sex_features])
+    x = layers.Dense(config.head_units, activation="relu", name="head_dense")(x)
+    x = layers.Dropout(config.dropout, name="head_dropout")(x)
+    outputs = {"bone_age_z": layers.Dense(1, dtype="float32", name="bone_age_z")(x)}
+    if config.age_group_head:
+        outputs["age_group"] = layers.Dense(
+            len(AGE_GROUP_EDGES_MONTHS) + 1, activation="softmax", dtype="float32", name="age_group"
+        )(x)
+    return keras.Model({"image": image, "sex": sex}, outputs, name=config.name)

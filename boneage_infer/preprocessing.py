@@ -1,0 +1,204 @@
+"""Radiograph decoding and enhancement, shared by training and serving.
+
+Every image reaches the model the same way:
+
+1. decode (PNG 8/16-bit, grey/RGB/RGBA/palette, JPEG, or DICOM with rescale,
+   VOI LUT/window and MONOCHROME1 inversion) to a greyscale array;
+2. scale to 8 bits;
+3. resize to ``CANONICAL_SIZE`` x ``CANONICAL_SIZE`` *without* keeping the aspect
+   ratio, because the RSNA training copy was stretched that way;
+4. CLAHE (OpenCV) for local contrast;
+5. resize to the model input size and scale to [-1, 1].
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+CANONICAL_SIZE = 299
+CLAHE_CLIP_LIMIT = 2.0
+CLAHE_TILE_GRID = (8, 8)
+MAX_PIXELS = 60_000_000  # larger than any plain radiograph; guards against decompression bombs
+MIN_SIDE = 64  # smaller images cannot show the growth plates
+MAX_FILE_BYTES = 100 * 1024 * 1024
+
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+_DICOM_MAGIC_OFFSET = 128
+
+
+class ImageError(ValueError):
+    """The file is not a radiograph this tool can read; the message says why."""
+
+
+@dataclass
+class Radiograph:
+    """A decoded radiograph: greyscale pixels plus what the file said about the patient."""
+
+    pixels: np.ndarray  # 2-D, uint8
+    source_format: str
+    sex: str | None = None  # "M" / "F" from DICOM PatientSex
+    birth_date: date | None = None
+    study_date: date | None = None
+    laterality: str | None = None  # "L" / "R" from DICOM (Image)Laterality
+    notes: list[str] = field(default_factory=list)
+
+
+def _read_bytes(source: str | Path | bytes) -> bytes:
+    if isinstance(source, bytes):
+        data = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ImageError(f"File not found: {path}")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ImageError(f"File is larger than {MAX_FILE_BYTES // 2**20} MiB: {path.name}")
+        data = path.read_bytes()
+    if not data:
+        raise ImageError("The file is empty.")
+    return data
+
+
+def _is_dicom(data: bytes) -> bool:
+    return data[_DICOM_MAGIC_OFFSET : _DICOM_MAGIC_OFFSET + 4] == b"DICM"
+
+
+def _check_size(width: int, height: int) -> None:
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"Image is {width}x{height} pixels, over the limit of {MAX_PIXELS:,} pixels.")
+    if min(width, height) < MIN_SIDE:
+        raise ImageError(f"Image is only {width}x{height} pixels; at least {MIN_SIDE} px per side is needed.")
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Scale any bit depth to uint8; 8-bit images pass through unchanged."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    pixels = pixels.astype(np.float64)
+    low, high = float(pixels.min()), float(pixels.max())
+    if high <= low:
+        return np.zeros(pixels.shape, np.uint8)
+    return np.round((pixels - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def _decode_raster(data: bytes) -> Radiograph:
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageError("Not an image this tool can read: upload PNG, JPEG or DICOM.") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"Image is too large: {exc}") from None
+    if image.format not in ("PNG", "JPEG"):
+        raise ImageError(f"Unsupported image format {image.format}: upload PNG, JPEG or DICOM.")
+    _check_size(*image.size)
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"The {image.format} file is truncated or corrupt ({exc}).") from None
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        pixels = np.asarray(image)
+    elif image.mode == "L":
+        pixels = np.asarray(image)
+    else:  # RGB, RGBA, LA, P, CMYK, 1 ...
+        if "A" in image.getbands() or image.mode == "P":
+            image = image.convert("RGBA")
+            background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+            image = Image.alpha_composite(background, image)
+        pixels = np.asarray(image.convert("L"))
+    return Radiograph(pixels=_to_uint8(np.asarray(pixels)), source_format=image.format)
+
+
+def _dicom_date(value: object) -> date | None:
+    text = str(value or "").strip()
+    if len(text) < 8 or not text[:8].isdigit():
+        return None
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+    except ValueError:
+        return None
+
+
+def _decode_dicom(data: bytes) -> Radiograph:
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data))
+        rows, columns = int(dataset.Rows), int(dataset.Columns)
+    except Exception as exc:  # pydicom raises many types for damaged files
+        raise ImageError(f"The DICOM file is corrupt or has no image ({exc}).") from None
+    _check_size(columns, rows)
+    try:
+        pixels = dataset.pixel_array
+    except Exception as exc:
+        raise ImageError(f"Cannot read the DICOM pixel data ({exc}).") from None
+    if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):
+        pixels = cv2.cvtColor(_to_uint8(pixels[..., :3]), cv2.COLOR_RGB2GRAY)
+    elif pixels.ndim != 2:
+        raise ImageError("Multi-frame DICOM is not supported: export a single frame.")
+    pixels = apply_modality_lut(pixels, dataset)
+    pixels = apply_voi_lut(pixels, dataset)
+    grey = _to_uint8(np.asarray(pixels))
+    if str(dataset.get("PhotometricInterpretation", "")) == "MONOCHROME1":
+        grey = 255 - grey
+    sex = str(dataset.get("PatientSex", "")).strip().upper()
+    laterality = str(dataset.get("ImageLaterality", "") or dataset.get("Laterality", "")).strip()
+    return Radiograph(
+        pixels=grey,
+        source_format="DICOM",
+        sex=sex if sex in ("M", "F") else None,
+        birth_date=_dicom_date(dataset.get("PatientBirthDate")),
+        study_date=_dicom_date(
+            dataset.get("StudyDate") or dataset.get("AcquisitionDate") or dataset.get("ContentDate")
+        ),
+        laterality=laterality.upper() or None,
+    )
+
+
+def read_radiograph(source: str | Path | bytes) -> Radiograph:
+    """Decode a PNG, JPEG or DICOM file (path or bytes) to a greyscale radiograph."""
+    data = _read_bytes(source)
+    radiograph = _decode_dicom(data) if _is_dicom(data) else _decode_raster(data)
+    if radiograph.laterality == "R":
+        radiograph.pixels = np.ascontiguousarray(radiograph.pixels[:, ::-1])
+        radiograph.notes.append("DICOM says right hand: image flipped to match a left hand.")
+    return radiograph
+
+
+_clahe = cv2.createCLAHE(clipLimit=CLAHE_CLIP_LIMIT, tileGridSize=CLAHE_TILE_GRID)
+
+
+def enhance(pixels: np.ndarray) -> np.ndarray:
+    """Stretch a uint8 greyscale radiograph to the canonical square and apply CLAHE."""
+    if pixels.shape != (CANONICAL_SIZE, CANONICAL_SIZE):
+        shrinking = min(pixels.shape) >= CANONICAL_SIZE
+        pixels = cv2.resize(
+            pixels,
+            (CANONICAL_SIZE, CANONICAL_SIZE),
+            interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR,
+        )
+    return _clahe.apply(np.ascontiguousarray(pixels))
+
+
+def scale(pixels):  # numpy array or tf tensor
+    """Map 0..255 to the model's range [-1, 1]."""
+    return pixels / 127.5 - 1.0
+
+
+def to_model_input(enhanced: np.ndarray, size: int) -> np.ndarray:
+    """Resize an enhanced canonical image to ``size`` and scale it: (size, size, 1) float32."""
+    if enhanced.shape != (size, size):
+        enhanced = cv2.resize(enhanced, (size, size), interpolation=cv2.INTER_AREA)
+    return scale(enhanced.astype(np.float32))[..., None]
+
+
+def preprocess(source: str | Path | bytes, size: int) -> np.ndarray:
+    """Full path from a file to one model input."""
+    return to_model_input(enhance(read_radiograph(source).pixels), size)

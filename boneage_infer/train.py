@@ -1,0 +1,285 @@
+"""Training on the RSNA set with the same preprocessing the app uses.
+
+``python -m boneage_infer train --data ../shared/data/rsna-boneage --out runs/NAME``
+
+Images are decoded and CLAHE-enhanced once by ``preprocessing`` (cached as uint8),
+then augmented on the fly (flip, rotation, zoom, shift, brightness, contrast),
+resized to the stage's input size and scaled exactly as at inference.
+Every epoch writes ``last/`` and, when val MAE improves, ``best/`` (each a complete
+weights folder), a row of ``log.csv`` and ``learning_curve.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from . import data, metrics, preprocessing
+from .model import AGE_GROUP_EDGES_MONTHS, MODELS, ModelConfig, build_model
+from .weights import CONFIG_FILE, WEIGHTS_FILE, save_weights
+
+
+def parse_stages(text: str) -> list[tuple[int, int]]:
+    """'160:2,224:6' -> [(160, 2), (224, 6)]: input size and epochs per stage."""
+    stages = []
+    for part in text.split(","):
+        size, epochs = part.split(":")
+        stages.append((int(size), int(epochs)))
+    return stages
+
+
+def age_group(months: np.ndarray) -> np.ndarray:
+    return np.digitize(months, AGE_GROUP_EDGES_MONTHS)
+
+
+def _augmenter(seed: int):
+    import keras
+    from keras import layers
+
+    return keras.Sequential(
+        [
+            layers.RandomFlip("horizontal", seed=seed),
+            layers.RandomRotation(0.04, fill_mode="constant", seed=seed + 1),
+            layers.RandomZoom((-0.15, 0.1), fill_mode="constant", seed=seed + 2),
+            layers.RandomTranslation(0.06, 0.06, fill_mode="constant", seed=seed + 3),
+            layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed + 4),
+            layers.RandomContrast(0.2, value_range=(0, 255), seed=seed + 5),
+        ],
+        name="augment",
+    )
+
+
+def _dataset(images, male, targets, size: int, batch_size: int, seed: int):
+    import tensorflow as tf
+
+    augment = _augmenter(seed)
+
+    def transform(image, inputs_sex, target):
+        image = tf.cast(image[..., None], tf.float32)
+        image = augment(image, training=True)
+        image = tf.image.resize(image, (size, size), method="area")
+        image = preprocessing.scale(tf.clip_by_value(image, 0.0, 255.0))
+        return {"image": image, "sex": inputs_sex}, target
+
+    sex = male.astype(np.float32)[:, None]
+    return (
+        tf.data.Dataset.from_tensor_slices((images, sex, targets))
+        .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size, drop_remainder=True)
+        .map(transform, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def predict_months(model, config: ModelConfig, enhanced: np.ndarray, male: np.ndarray, batch_size: int = 32):
+    """Bone age (months) for already-enhanced images, through the inference input path."""
+    out = []
+    for start in range(0, len(enhanced), batch_size):
+        chunk = enhanced[start : start + batch_size]
+        images = np.stack([preprocessing.to_model_input(e, config.input_size) for e in chunk])
+        sex = male[start : start + batch_size].astype(np.float32)[:, None]
+        z = model.predict_on_batch({"image": images, "sex": sex})["bone_age_z"]
+        out.append(config.target_mean_months + config.target_std_months * np.asarray(z)[:, 0])
+    return np.concatenate(out)
+
+
+def _plot_curve(log_rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    epochs = [r["epoch"] for r in log_rows]
+    ax.plot(epochs, [r["val_mae_months"] for r in log_rows], "o-", label="val MAE")
+    ax.plot(epochs, [r["train_mae_months"] for r in log_rows], "s--", label="train MAE (augmented)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("MAE (months)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def train(
+    data_root: Path,
+    out: Path,
+    model_name: str = "xception-small",
+    stages: str = "224:8",
+    batch_size: int = 16,
+    learning_rate: float = 1e-3,
+    resume: Path | None = None,
+    age_group_head: bool = False,
+    mixed_precision: bool = True,
+    seed: int = 42,
+    train_ids: list[str] | None = None,
+    val_ids: list[str] | None = None,
+    limit: int | None = None,
+    verbose: int = 1,
+) -> dict:
+    """Train one model; returns the best val metrics. ``train_ids``/``val_ids`` override the split."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = parse_stages(stages)
+
+    all_cases = data.load_cases(data_root / "images", data_root / "labels.csv")
+    if train_ids is None:
+        train_cases, val_cases = data.load_split(data_root, "train"), data.load_split(data_root, "val")
+    else:
+        train_set, val_set = set(train_ids), set(val_ids or [])
+        train_cases = all_cases.subset(np.array([i in train_set for i in all_cases.ids]))
+        val_cases = all_cases.subset(np.array([i in val_set for i in all_cases.ids]))
+    if limit:
+        train_cases = train_cases.subset(np.arange(len(train_cases)) < limit)
+        val_cases = val_cases.subset(np.arange(len(val_cases)) < max(limit // 4, 8))
+    cache = out.parent / "cache" if limit is None else None
+    train_images = data.enhanced_images(train_cases, cache)
+    val_images = data.enhanced_images(val_cases, cache)
+
+    if resume:
+        config = ModelConfig.load(Path(resume) / CONFIG_FILE)
+    else:
+        config = replace(
+            MODELS[model_name],
+            age_group_head=age_group_head,
+            target_mean_months=float(train_cases.bone_age_months.mean()),
+            target_std_months=float(train_cases.bone_age_months.std()),
+        )
+    config = replace(config, input_size=plan[-1][0])
+    model = build_model(config)
+    if resume:
+        model.load_weights(Path(resume) / WEIGHTS_FILE)
+
+    z = (train_cases.bone_age_months - config.target_mean_months) / config.target_std_months
+    targets = {"bone_age_z": z.astype(np.float32)[:, None]}
+    losses = {"bone_age_z": "mae"}
+    loss_weights = {"bone_age_z": 1.0}
+    if config.age_group_head:
+        targets["age_group"] = age_group(train_cases.bone_age_months)
+        losses["age_group"] = "sparse_categorical_crossentropy"
+        loss_weights = {"bone_age_z": 5.0, "age_group": 1.0}
+
+    steps_per_epoch = len(train_cases) // batch_size
+    total_steps = steps_per_epoch * sum(e for _, e in plan)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0,
+        decay_steps=total_steps,
+        alpha=0.01,
+        warmup_target=learning_rate,
+        warmup_steps=min(steps_per_epoch // 2, total_steps // 10) if not resume else 1,
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss=losses,
+        loss_weights=loss_weights,
+        jit_compile=False,
+    )
+
+    log_rows: list[dict] = []
+    best = {"mae": float("inf")}
+    started = time.time()
+
+    class EpochEnd(keras.callbacks.Callback):
+        def __init__(self, size: int):
+            super().__init__()
+            self.size = size
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            serving = replace(config, input_size=self.size)
+            predicted = predict_months(self.model, serving, val_images, val_cases.male)
+            result = metrics.regression_metrics(predicted, val_cases.bone_age_months, val_cases.male)
+            row = {
+                "epoch": epoch + 1,
+                "input_size": self.size,
+                "learning_rate": float(schedule(self.model.optimizer.iterations)),
+                "train_loss": float(logs.get("loss", float("nan"))),
+                "train_mae_months": float(
+                    logs.get("bone_age_z_loss", logs.get("loss", float("nan"))) * config.target_std_months
+                ),
+                "val_mae_months": result["mae"],
+                "val_rmse_months": result["rmse"],
+                "val_bias_months": result["bias"],
+                "elapsed_min": (time.time() - started) / 60,
+            }
+            if config.age_group_head:
+                images = np.stack([preprocessing.to_model_input(e, self.size) for e in val_images])
+                probs = self.model.predict(
+                    {"image": images, "sex": val_cases.male.astype(np.float32)[:, None]}, verbose=0
+                )["age_group"]
+                groups, truth = probs.argmax(1), age_group(val_cases.bone_age_months)
+                row["val_group_accuracy"] = float(np.mean(groups == truth))
+                row["val_group_kappa"] = metrics.quadratic_weighted_kappa(
+                    groups, truth, len(AGE_GROUP_EDGES_MONTHS) + 1
+                )
+            log_rows.append(row)
+            with open(out / "log.csv", "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(log_rows[-1]))
+                writer.writeheader()
+                writer.writerows(log_rows)
+            _plot_curve(log_rows, out / "learning_curve.png")
+            version = f"{config.name}-{out.name}-e{epoch + 1}"
+            save_weights(self.model, serving, out / "last", version)
+            if result["mae"] < best["mae"]:
+                best.update(result, epoch=epoch + 1, input_size=self.size)
+                save_weights(self.model, serving, out / "best", version)
+                (out / "best" / "val_metrics.json").write_text(json.dumps(best, indent=2))
+            print(
+                f"epoch {epoch + 1}: val MAE {result['mae']:.2f} months "
+                f"(best {best['mae']:.2f}), {row['elapsed_min']:.1f} min",
+                flush=True,
+            )
+
+    epoch = 0
+    for size, epochs in plan:
+        dataset = _dataset(train_images, train_cases.male, targets, size, batch_size, seed + epoch)
+        model.fit(
+            dataset,
+            epochs=epoch + epochs,
+            initial_epoch=epoch,
+            callbacks=[EpochEnd(size)],
+            verbose=verbose,
+        )
+        epoch += epochs
+    return best
+
+
+def cross_validate(data_root: Path, out: Path, folds: int, seed: int = 42, **kwargs) -> dict:
+    """K-fold cross-validation over the train split; each fold's val is its held-out part."""
+    cases = data.load_split(data_root, "train")
+    order = np.random.default_rng(seed).permutation(len(cases))
+    results = []
+    for fold in range(folds):
+        held_out = set(order[fold::folds].tolist())
+        val_ids = [cases.ids[i] for i in range(len(cases)) if i in held_out]
+        train_ids = [cases.ids[i] for i in range(len(cases)) if i not in held_out]
+        results.append(
+            train(
+                data_root,
+                Path(out) / f"fold{fold}",
+                seed=seed,
+                train_ids=train_ids,
+                val_ids=val_ids,
+                **kwargs,
+            )
+        )
+    maes = [r["mae"] for r in results]
+    summary = {
+        "folds": folds,
+        "mae_per_fold": maes,
+        "mae_mean": float(np.mean(maes)),
+        "mae_std": float(np.std(maes)),
+    }
+    (Path(out) / "cv_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

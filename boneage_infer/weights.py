@@ -1,0 +1,130 @@
+"""Finding, verifying and loading model weights.
+
+Resolution order (``resolve_weights``):
+
+1. an explicit path, or ``BONEAGE_WEIGHTS``;
+2. a Hugging Face Hub repo, ``BONEAGE_HF_REPO`` (optional ``BONEAGE_HF_REVISION``),
+   downloaded and cached by huggingface_hub (honours ``HF_HUB_OFFLINE``/``HF_ENDPOINT``);
+3. the copy bundled in weights/ (the default; works offline on a fresh clone).
+
+Every weights folder holds ``config.json``, ``model.weights.h5`` and ``manifest.json``
+with each file's sha256; a wrong, truncated or missing file raises ``WeightsError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from .model import ModelConfig
+
+BUNDLED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.weights.h5"
+MANIFEST_FILE = "manifest.json"
+CHECKED_FILES = (CONFIG_FILE, WEIGHTS_FILE)
+
+
+class WeightsError(RuntimeError):
+    """The weights are missing, damaged or do not match their manifest."""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path, version: str) -> dict:
+    """Record the sha256 and size of each weights file, plus a version label."""
+    folder = Path(folder)
+    manifest = {
+        "version": version,
+        "files": {
+            name: {"sha256": sha256(folder / name), "bytes": (folder / name).stat().st_size}
+            for name in CHECKED_FILES
+        },
+    }
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def verify(folder: Path) -> dict:
+    """Check every file against the manifest; return the manifest."""
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise WeightsError(f"No {MANIFEST_FILE} in {folder}: cannot check the weights.")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+    except (ValueError, KeyError) as exc:
+        raise WeightsError(f"{manifest_path} is not a valid manifest ({exc}).") from None
+    for name in CHECKED_FILES:
+        path = folder / name
+        if not path.is_file():
+            raise WeightsError(f"Missing weights file: {path}")
+        expected = files.get(name, {}).get("sha256")
+        if sha256(path) != expected:
+            raise WeightsError(
+                f"{path} does not match its sha256 in {MANIFEST_FILE} (wrong, truncated or corrupted file)."
+            )
+    return manifest
+
+
+def _download_from_hub(repo_id: str, revision: str | None) -> Path:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        paths = [
+            Path(hf_hub_download(repo_id, name, revision=revision))
+            for name in (MANIFEST_FILE, *CHECKED_FILES)
+        ]
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
+        raise WeightsError(f"Could not get weights from Hub repo {repo_id}: {exc}") from None
+    return paths[0].parent
+
+
+def resolve_weights(path: str | Path | None = None) -> Path:
+    """Return the folder holding the weights to use (see module docstring for the order)."""
+    explicit = path or os.environ.get("BONEAGE_WEIGHTS")
+    if explicit:
+        folder = Path(explicit)
+        if folder.is_file():
+            folder = folder.parent
+        if not folder.is_dir():
+            raise WeightsError(f"Weights folder not found: {folder}")
+        return folder
+    repo_id = os.environ.get("BONEAGE_HF_REPO")
+    if repo_id:
+        return _download_from_hub(repo_id, os.environ.get("BONEAGE_HF_REVISION") or None)
+    return BUNDLED_WEIGHTS
+
+
+def save_weights(model, config: ModelConfig, folder: Path, version: str) -> None:
+    """Write config, weights and manifest to ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save(folder / CONFIG_FILE)
+    model.save_weights(folder / WEIGHTS_FILE)
+    write_manifest(folder, version)
+
+
+def load_model(path: str | Path | None = None):
+    """Resolve, verify and load the network. Returns (keras model, config, manifest)."""
+    from .model import build_model
+
+    folder = resolve_weights(path)
+    manifest = verify(folder)
+    config = ModelConfig.load(folder / CONFIG_FILE)
+    model = build_model(config)
+    try:
+        model.load_weights(folder / WEIGHTS_FILE)
+    except Exception as exc:  # h5py/keras raise several types for bad files
+        raise WeightsError(f"Cannot load {folder / WEIGHTS_FILE}: {exc}") from None
+    return model, config, manifest
