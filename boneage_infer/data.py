@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .preprocessing import CANONICAL_SIZE, CLAHE_CLIP_LIMIT, CLAHE_TILE_GRID, enhance, read_radiograph
+from .preprocessing import PREPROCESSING_VERSION, enhance, read_radiograph
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "rsna-boneage"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
@@ -104,7 +104,7 @@ def enhanced_images(cases: Cases, cache_dir: Path | None = None) -> np.ndarray:
     """Decode + CLAHE every case (uint8, N x 299 x 299), cached on disk when asked."""
     cache = None
     if cache_dir is not None:
-        recipe = f"{CANONICAL_SIZE} {CLAHE_CLIP_LIMIT} {CLAHE_TILE_GRID} {' '.join(cases.ids)}"
+        recipe = f"{PREPROCESSING_VERSION} {' '.join(cases.ids)}"
         key = hashlib.sha256(recipe.encode()).hexdigest()[:16]
         cache = Path(cache_dir) / f"enhanced_{key}.npy"
         if cache.is_file():

@@ -44,6 +44,7 @@ class ModelConfig:
 MODELS: dict[str, ModelConfig] = {
     "xception": ModelConfig(name="xception", width=1.0, middle_blocks=8, channels=3, input_size=299),
     "xception-small": ModelConfig(),
+    "xception-tiny": ModelConfig(name="xception-tiny", width=0.125, middle_blocks=1, input_size=96),  # tests
 }
 
 

@@ -4,7 +4,7 @@ Every image reaches the model the same way:
 
 1. decode (PNG 8/16-bit, grey/RGB/RGBA/palette, JPEG, or DICOM with rescale,
    VOI LUT/window and MONOCHROME1 inversion) to a greyscale array;
-2. scale to 8 bits;
+2. stretch linearly to the full 8-bit range;
 3. resize to ``CANONICAL_SIZE`` x ``CANONICAL_SIZE`` *without* keeping the aspect
    ratio, because the RSNA training copy was stretched that way;
 4. CLAHE (OpenCV) for local contrast;
@@ -14,6 +14,7 @@ Every image reaches the model the same way:
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -22,12 +23,13 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+PREPROCESSING_VERSION = 2  # bump when the pixels reaching the model change (invalidates caches)
 CANONICAL_SIZE = 299
 CLAHE_CLIP_LIMIT = 2.0
 CLAHE_TILE_GRID = (8, 8)
 MAX_PIXELS = 60_000_000  # larger than any plain radiograph; guards against decompression bombs
 MIN_SIDE = 64  # smaller images cannot show the growth plates
-MAX_FILE_BYTES = 100 * 1024 * 1024
+MAX_FILE_BYTES = int(float(os.environ.get("BONEAGE_MAX_UPLOAD_MB", "100")) * 1024 * 1024)
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
@@ -78,8 +80,12 @@ def _check_size(width: int, height: int) -> None:
 
 
 def _to_uint8(pixels: np.ndarray) -> np.ndarray:
-    """Scale any bit depth to uint8; 8-bit images pass through unchanged."""
-    if pixels.dtype == np.uint8:
+    """Stretch any bit depth linearly to the full 0..255 range (min -> 0, max -> 255).
+
+    Applied to every image, 8-bit included, so the same radiograph stored at any
+    bit depth or linear scaling reaches the model identically.
+    """
+    if pixels.dtype == np.uint8 and pixels.min() == 0 and pixels.max() == 255:
         return pixels
     pixels = pixels.astype(np.float64)
     low, high = float(pixels.min()), float(pixels.max())

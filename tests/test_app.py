@@ -1,0 +1,73 @@
+"""The running app (python app.py) through gradio_client: readings and every bad input."""
+
+from __future__ import annotations
+
+import pytest
+from gradio_client import Client, handle_file
+
+UPLOAD_LIMIT_MB = 2  # conftest starts the app with BONEAGE_MAX_UPLOAD_MB=2
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    return Client(app_url, verbose=False)
+
+
+def predict(client, path, sex="F", age="118", birth="", exam=""):
+    return client.predict(handle_file(str(path)), sex, age, birth, exam, api_name="/predict")
+
+
+def test_reading_over_the_api(client, radiograph):
+    bone_age, gap, z_score, stage, image, details, model_info = predict(client, radiograph, "F", "9y10m")
+    assert bone_age.endswith(f"months ({details['bone_age_text']})")
+    assert details["chronological_age_months"] == 118
+    assert gap.startswith(f"{details['gap_months']:+.1f} months")
+    assert z_score.endswith(details["call"]) and details["call"] in (
+        "delayed",
+        "within normal range",
+        "advanced",
+    )
+    assert stage == details["stage"]
+    assert image.endswith(".png")
+    assert details["device"] in model_info and "Research use only" in model_info
+
+
+def test_age_from_dates(client, radiograph):
+    details = predict(client, radiograph, "M", "", "2014-01-15", "2024-03-15")[5]
+    assert details["chronological_age_months"] == 122 and details["sex"] == "M"
+
+
+def _bad_files(tmp_path, radiograph):
+    text = tmp_path / "report.txt"
+    text.write_text("this is not a radiograph")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(radiograph.read_bytes()[:3000])
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + bytes(UPLOAD_LIMIT_MB * 1024 * 1024 + 10))
+    return {
+        "not an image": (text, "Not an image"),
+        "empty": (empty, "empty"),
+        "truncated": (truncated, "truncated or corrupt"),
+        "too big": (big, "size|large|exceed"),
+    }
+
+
+def test_bad_inputs_are_clear_errors_and_the_server_survives(client, radiograph, tmp_path):
+    import re
+
+    for name, (path, message) in _bad_files(tmp_path, radiograph).items():
+        with pytest.raises(Exception) as raised:
+            predict(client, path)
+        assert re.search(message, str(raised.value), re.I), (name, str(raised.value))
+    for sex, age, message in [
+        (None, "120", "Choose the sex"),
+        ("F", "ten", "not a number"),
+        ("F", "-3", "negative"),
+        ("F", "5000", "over 30 years"),
+    ]:
+        with pytest.raises(Exception, match=message):
+            predict(client, radiograph, sex, age)
+    # still serving after all that
+    assert predict(client, radiograph)[5]["bone_age_months"] > 0

@@ -1,0 +1,98 @@
+"""The command line on real radiographs: predict (files, folder, CSV) and evaluate."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+from conftest import DATA, run_cli
+
+
+def test_predict_json_with_age_and_a_bad_file_in_the_batch(radiographs, tmp_path):
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    result = run_cli(
+        "predict",
+        str(radiographs[0]),
+        str(bad),
+        str(radiographs[1]),
+        "--sex",
+        "F",
+        "--age",
+        "10y3m",
+        "--json",
+    )
+    assert result.returncode == 1  # one failure, but the rest of the batch is read
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["file"] for line in lines] == [str(radiographs[0]), str(radiographs[1])]
+    for line in lines:
+        assert 0 < line["bone_age_months"] < 240
+        assert line["chronological_age_months"] == 123
+        assert line["gap_months"] == round(line["bone_age_months"] - 123, 2)
+        assert line["call"] in ("delayed", "within normal range", "advanced")
+    assert f"{bad}: error: Not an image" in result.stderr
+
+
+def test_predict_plain_text_without_age(radiograph):
+    result = run_cli("predict", str(radiograph), "--sex", "m")
+    assert result.returncode == 0, result.stderr
+    assert "bone age" in result.stdout and "months" in result.stdout and "gap" not in result.stdout
+
+
+def test_predict_folder_and_cases_csv_to_csv(radiographs, val_cases, tmp_path):
+    cases = tmp_path / "cases.csv"
+    with open(cases, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "sex", "age"])
+        for row in val_cases[:3]:
+            writer.writerow([row["id"], "M" if row["male"] == "True" else "F", "120"])
+        writer.writerow(["999999", "F", "120"])  # no such image
+        writer.writerow([val_cases[3]["id"], "F", "-4"])  # impossible age
+    out = tmp_path / "readings.csv"
+    result = run_cli("predict", str(cases), "--image-dir", str(DATA / "images"), "--csv", str(out))
+    assert result.returncode == 1
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == 5
+    assert all(float(r["bone_age_months"]) > 0 for r in rows[:3])
+    assert "999999" in rows[3]["file"] and "File not found" in rows[3]["error"]
+    assert "negative" in rows[4]["error"]
+
+
+def test_bad_arguments_exit_nonzero(radiograph):
+    result = run_cli("predict", str(radiograph), "--sex", "X")
+    assert result.returncode == 2 and "invalid choice" in result.stderr
+    result = run_cli("predict", str(radiograph))
+    assert result.returncode == 1 and "Sex must be M (male) or F (female)" in result.stderr
+    result = run_cli("predict", str(radiograph), "--sex", "F", "--age", "ten")
+    assert result.returncode == 1 and "not a number" in result.stderr
+
+
+def test_evaluate_on_a_labelled_subset(val_cases, tmp_path):
+    labels = tmp_path / "labels.csv"
+    with open(labels, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "boneage", "sex"])
+        for row in val_cases[:16]:
+            writer.writerow([row["id"], row["boneage"], "M" if row["male"] == "True" else "F"])
+    result = run_cli("evaluate", "--images", str(DATA / "images"), "--labels", str(labels), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["n"] == 16
+    assert {"mae", "rmse", "r2", "bias"} <= set(summary)
+    assert summary["rmse"] >= summary["mae"] > 0
+    assert abs(summary["bias"]) <= summary["mae"]
+    # the same cases with the RSNA `male` column give the same figures
+    text = run_cli(
+        "evaluate",
+        "--images",
+        str(DATA / "images"),
+        "--labels",
+        str(DATA / "labels.csv"),
+        "--split",
+        "val",
+        "--limit",
+        "16",
+    )
+    assert f"MAE    {summary['mae']:.2f} months" in text.stdout
+    assert np.isfinite(summary["r2"])

@@ -1,0 +1,123 @@
+"""Preprocessing on real radiographs: decoding every supported format the same way, CLAHE, bad input."""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+from synth import grey, to_16bit, write_dicom, write_png16
+
+from boneage_infer import preprocessing as pp
+from boneage_infer.preprocessing import ImageError
+
+
+def local_contrast(image: np.ndarray) -> float:
+    """Mean standard deviation over 16x16 tiles."""
+    h, w = image.shape
+    tiles = image[: h // 16 * 16, : w // 16 * 16].reshape(h // 16, 16, w // 16, 16).astype(float)
+    return float(tiles.std(axis=(1, 3)).mean())
+
+
+def test_clahe_raises_local_contrast(radiographs):
+    for path in radiographs:
+        pixels = pp.read_radiograph(path).pixels
+        assert local_contrast(pp.enhance(pixels)) > 1.1 * local_contrast(pixels)
+
+
+def test_training_copy_passes_through_at_canonical_size(radiograph):
+    pixels = pp.read_radiograph(radiograph).pixels
+    assert pixels.shape == (pp.CANONICAL_SIZE, pp.CANONICAL_SIZE) and pixels.dtype == np.uint8
+    model_input = pp.preprocess(radiograph, 224)
+    assert model_input.shape == (224, 224, 1) and model_input.dtype == np.float32
+    assert -1.0 <= model_input.min() and model_input.max() <= 1.0
+    assert model_input.max() - model_input.min() > 1.0  # CLAHE spreads the grey levels
+
+
+def test_png16_and_dicom_of_same_pixels_give_same_input(radiograph, tmp_path):
+    pixels16 = to_16bit(grey(radiograph))
+    png = pp.preprocess(write_png16(pixels16, tmp_path / "x.png"), 224)
+    plain = pp.preprocess(write_dicom(pixels16, tmp_path / "plain.dcm"), 224)
+    rescaled = pp.preprocess(write_dicom(pixels16, tmp_path / "r.dcm", slope=2.0, intercept=-100.0), 224)
+    inverted = pp.preprocess(write_dicom(pixels16, tmp_path / "m1.dcm", monochrome1=True), 224)
+    np.testing.assert_array_equal(png, plain)
+    np.testing.assert_allclose(png, rescaled, atol=1.5 / 127.5)
+    np.testing.assert_allclose(png, inverted, atol=1.5 / 127.5)
+    # and they match the 8-bit original closely (same image, different bit depth)
+    assert np.mean(np.abs(png - pp.preprocess(radiograph, 224))) < 0.02
+
+
+def test_dicom_voi_window_is_applied(radiograph, tmp_path):
+    pixels16 = to_16bit(grey(radiograph))
+    low, high = np.percentile(pixels16, [20, 80])
+    windowed = pp.read_radiograph(
+        write_dicom(pixels16, tmp_path / "w.dcm", window=((low + high) / 2, high - low))
+    ).pixels
+    full = pp.read_radiograph(write_dicom(pixels16, tmp_path / "f.dcm")).pixels
+    assert (windowed == 0).mean() > 0.15 and (windowed == 255).mean() > 0.15
+    assert (full == 255).mean() < 0.05
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "LA", "I;16"])
+def test_png_colour_modes_decode_to_the_same_grey(radiograph, tmp_path, mode):
+    pixels = grey(radiograph)
+    image = Image.fromarray(pixels)
+    if mode == "I;16":
+        converted = Image.fromarray(pixels.astype(np.uint16) * 257)
+    else:
+        converted = image.convert(mode)
+    converted.save(tmp_path / "c.png")
+    decoded = pp.read_radiograph(tmp_path / "c.png").pixels
+    reference = pp.read_radiograph(radiograph).pixels  # the JPEG, stretched to 0..255
+    assert np.mean(np.abs(decoded.astype(int) - reference)) < 2.0
+
+
+def test_full_size_upload_is_stretched_like_training(radiograph):
+    small = grey(radiograph)
+    tall = cv2.resize(small, (1200, 1600), interpolation=cv2.INTER_CUBIC)  # a portrait full-size upload
+    ok, data = cv2.imencode(".png", tall)
+    big = pp.preprocess(data.tobytes(), 224)
+    assert np.mean(np.abs(big - pp.preprocess(radiograph, 224))) < 0.05
+
+
+def _jpeg_bytes(radiograph) -> bytes:
+    return radiograph.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: b"", "empty"),
+        (lambda p: b"hello, this is a text file\n" * 20, "Not an image"),
+        (lambda p: p.read_bytes()[: len(p.read_bytes()) // 3], "truncated or corrupt"),
+        (lambda p: p.read_bytes()[:200] + bytes(4000), "truncated or corrupt"),
+        (lambda p: _encode(Image.open(p), "GIF"), "Unsupported image format GIF"),
+        (lambda p: _encode(Image.new("L", (20, 20)), "PNG"), "at least 64 px"),
+        (lambda p: b"\x00" * 128 + b"DICM" + b"\x00" * 64, "DICOM file is corrupt"),
+    ],
+    ids=["empty", "text", "truncated", "corrupt", "gif", "tiny", "bad-dicom"],
+)
+def test_bad_input_is_a_clear_error(radiograph, make, message):
+    with pytest.raises(ImageError, match=message):
+        pp.read_radiograph(make(radiograph))
+
+
+def _encode(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    # 10000 x 10000 declared pixels in a few hundred bytes of PNG
+    buffer = io.BytesIO()
+    Image.new("1", (10000, 10000)).save(buffer, format="PNG")
+    with pytest.raises(ImageError, match="over the limit"):
+        pp.read_radiograph(buffer.getvalue())
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ImageError, match="not found"):
+        pp.read_radiograph(tmp_path / "nope.png")

@@ -1,0 +1,98 @@
+"""Weights: bundled copy, sha256 manifest, Hub download from a local server, offline fallback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from conftest import run_cli
+from hub_server import HubServer
+
+from boneage_infer.weights import BUNDLED_WEIGHTS, WeightsError, load_model, verify
+
+REPO = "boneage/xception-rsna"
+
+
+def test_bundled_weights_match_their_manifest():
+    manifest = verify(BUNDLED_WEIGHTS)
+    assert set(manifest["files"]) == {"config.json", "model.weights.h5"}
+    assert manifest["version"]
+
+
+@pytest.fixture
+def weights_copy(tmp_path):
+    folder = tmp_path / "weights"
+    shutil.copytree(BUNDLED_WEIGHTS, folder)
+    return folder
+
+
+@pytest.mark.parametrize("damage", ["flip-byte", "truncate", "delete", "wrong-file"])
+def test_damaged_weights_are_rejected(weights_copy, damage):
+    target = weights_copy / "model.weights.h5"
+    data = target.read_bytes()
+    if damage == "flip-byte":
+        target.write_bytes(data[:5000] + bytes([data[5000] ^ 0xFF]) + data[5001:])
+    elif damage == "truncate":
+        target.write_bytes(data[: len(data) // 2])
+    elif damage == "delete":
+        target.unlink()
+    else:
+        target.write_bytes(b"not weights at all")
+    with pytest.raises(WeightsError, match="sha256|Missing"):
+        load_model(weights_copy)
+
+
+def test_cli_refuses_damaged_weights(weights_copy, radiograph):
+    (weights_copy / "model.weights.h5").write_bytes(b"\x89HDF\r\n" + bytes(100))
+    result = run_cli("predict", str(radiograph), "--sex", "F", "--weights", str(weights_copy))
+    assert result.returncode == 3
+    assert "does not match its sha256" in result.stderr
+    assert "bone age" not in result.stdout
+
+
+def _hub_env(tmp_path, server_url: str) -> dict:
+    return {
+        "BONEAGE_HF_REPO": REPO,
+        "HF_ENDPOINT": server_url,
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+
+
+def test_hub_download_then_offline_fallback(weights_copy, tmp_path, radiograph):
+    manifest = json.loads((weights_copy / "manifest.json").read_text())
+    manifest["version"] = "served-by-local-hub"
+    (weights_copy / "manifest.json").write_text(json.dumps(manifest))
+
+    with HubServer(REPO, weights_copy) as hub:
+        env = _hub_env(tmp_path, hub.url)
+        online = run_cli("predict", str(radiograph), "--sex", "M", "--json", env=env)
+        assert online.returncode == 0, online.stderr
+        reading = json.loads(online.stdout.splitlines()[-1])
+        assert reading["model_version"] == "served-by-local-hub"
+        fetched = {r.split()[1].rsplit("/", 1)[-1] for r in hub.requests if r.startswith("GET")}
+        assert fetched == {"manifest.json", "config.json", "model.weights.h5"}
+    cached = list(
+        (tmp_path / "hf-home" / "hub").glob("models--boneage--xception-rsna/snapshots/*/model.weights.h5")
+    )
+    assert len(cached) == 1
+
+    # server gone: HF_HUB_OFFLINE=1 reads the cache with no request
+    offline = run_cli("predict", str(radiograph), "--sex", "M", "--json", env={**env, "HF_HUB_OFFLINE": "1"})
+    assert offline.returncode == 0, offline.stderr
+    assert json.loads(offline.stdout.splitlines()[-1]) == reading
+
+
+def test_hub_repo_without_weights_is_a_clear_error(tmp_path, radiograph):
+    (tmp_path / "empty").mkdir()
+    with HubServer(REPO, tmp_path / "empty") as hub:
+        result = run_cli("predict", str(radiograph), "--sex", "M", env=_hub_env(tmp_path, hub.url))
+    assert result.returncode == 3
+    assert "Could not get weights from Hub repo boneage/xception-rsna" in result.stderr
+
+
+def test_offline_without_cache_is_a_clear_error(tmp_path, radiograph):
+    env = {**_hub_env(tmp_path, "http://127.0.0.1:9"), "HF_HUB_OFFLINE": "1"}
+    result = run_cli("predict", str(radiograph), "--sex", "M", env=env)
+    assert result.returncode == 3 and "Could not get weights" in result.stderr
