@@ -1,0 +1,25 @@
+# Hugging Face Docker Space: serves app.py on port 7860 as a non-root user (uid 1000).
+FROM python:3.11-slim
+
+RUN useradd --create-home --uid 1000 user
+USER user
+ENV HOME=/home/user \
+    PATH=/home/user/.local/bin:$PATH \
+    HF_HOME=/home/user/.cache/huggingface \
+    GRADIO_SERVER_NAME=0.0.0.0 \
+    GRADIO_SERVER_PORT=7860 \
+    GRADIO_ANALYTICS_ENABLED=False \
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    PYTHONUNBUFFERED=1
+WORKDIR /home/user/app
+
+COPY --chown=user requirements.txt .
+RUN pip install --no-cache-dir --user -r requirements.txt && mkdir -p "$HF_HOME"
+
+COPY --chown=user app.py ./
+COPY --chown=user boneage_infer ./boneage_infer
+COPY --chown=user weights ./weights
+COPY --chown=user examples ./examples
+
+EXPOSE 7860
+CMD ["python", "app.py"]
