@@ -1,22 +1,23 @@
 """Gradio web app: upload a hand radiograph, get the bone age and how it compares with age.
 
 ``python app.py`` serves on 127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT override).
-The named API endpoint ``/predict`` takes (file, sex, age, birth date, exam date).
+The named API endpoint ``/predict`` takes (file, sex, age, birth date, exam date, report name).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import gradio as gr
 
-from boneage_infer import clinical
+from boneage_infer import clinical, report
 from boneage_infer.data import example_cases
 from boneage_infer.predictor import BoneAgePredictor
-from boneage_infer.preprocessing import MAX_FILE_BYTES, ImageError
+from boneage_infer.preprocessing import MAX_FILE_BYTES, ImageError, read_radiograph
 
-SEX_CHOICES = [("Female", "F"), ("Male", "M")]
-DISCLAIMER = "Research use only, not a medical device. Bone age by the Greulich & Pyle standard."
+SEX_CHOICES = [("Female", "F"), ("Male", "M"), ("Unknown", "U")]
 
 
 def make_predict(predictor: BoneAgePredictor):
@@ -28,45 +29,73 @@ def make_predict(predictor: BoneAgePredictor):
         chronological_age: str | None,
         birth_date: str | None = None,
         exam_date: str | None = None,
+        patient: str | None = None,
         progress: gr.Progress = gr.Progress(),
     ):
         if not radiograph:
             raise gr.Error("Upload a hand radiograph (PNG, JPEG or DICOM).")
         if not sex:
-            raise gr.Error("Choose the sex: the standards differ for girls and boys.")
+            raise gr.Error("Choose the sex (or Unknown): the standards differ for girls and boys.")
         try:
-            sex = clinical.check_sex(sex)
             age = clinical.chronological_age(chronological_age, birth_date, exam_date)
-            progress(0.2, desc="Decoding and enhancing (CLAHE)")
+            progress(0.1, desc="Decoding, checking and enhancing (CLAHE)")
             prepared = predictor.prepare(radiograph)
-            progress(0.6, desc="Estimating bone age")
+            progress(0.4, desc="Estimating bone age")
             reading = predictor.predict_prepared(prepared, sex, age, file=os.path.basename(radiograph))
         except (ImageError, ValueError) as exc:
             raise gr.Error(str(exc)) from None
+        progress(0.6, desc="Heatmap, chart and report")
+        heat = predictor.heatmap_overlay(prepared, reading.sex)
+        folder = Path(tempfile.mkdtemp(prefix="boneage-"))
+        pdf = report.pdf_report(
+            reading, prepared.enhanced, heat, folder / "bone_age_report.pdf", patient or None
+        )
         for warning in reading.warnings:
             gr.Warning(warning)
-        return _outputs(reading, prepared.enhanced, predictor)
+        return (
+            *_texts(reading),
+            prepared.enhanced,
+            heat,
+            report.growth_chart(reading),
+            str(pdf),
+            reading.to_dict(),
+            f"Model {reading.model_version} on {reading.device}. {report.DISCLAIMER}",
+        )
 
     return predict
 
 
-def _outputs(reading, enhanced, predictor: BoneAgePredictor):
+def _texts(reading) -> tuple[str, str, str, str]:
     bone_age = f"{reading.bone_age_months:.1f} months ({reading.bone_age_text})"
+    if reading.interval_90:
+        bone_age += f", 90% interval {reading.interval_90[0]:.1f}-{reading.interval_90[1]:.1f}"
     if reading.gap_months is None:
-        gap = "enter the chronological age to compare"
-        z = "-"
+        gap, z = "enter the chronological age to compare", "-"
     else:
         gap = (
             f"{reading.gap_months:+.1f} months "
             f"(bone age − chronological age {reading.chronological_age_months:.1f} months)"
         )
-        z = (
-            f"{reading.z_score:+.2f} SD: {reading.call}"
-            if reading.z_score is not None
-            else f"{reading.call}: {'; '.join(reading.warnings)}"
-        )
-    model = f"Model {reading.model_version} on {reading.device}. {DISCLAIMER}"
-    return bone_age, gap, z, reading.stage, enhanced, reading.to_dict(), model
+        z = f"{reading.z_score:+.2f} SD: {reading.call}" if reading.z_score is not None else reading.call
+    return bone_age, gap, z, reading.stage
+
+
+def dicom_defaults(radiograph: str | None):
+    """Prefill sex and dates from a DICOM upload (the user can change them)."""
+    unchanged = (gr.update(), gr.update(), gr.update())
+    if not radiograph:
+        return unchanged
+    try:
+        meta = read_radiograph(radiograph)
+    except ImageError:
+        return unchanged  # the reading explains what is wrong
+    if meta.source_format != "DICOM":
+        return unchanged
+    return (
+        gr.update(value=meta.sex) if meta.sex else gr.update(),
+        gr.update(value=meta.birth_date.isoformat()) if meta.birth_date else gr.update(),
+        gr.update(value=meta.study_date.isoformat()) if meta.study_date else gr.update(),
+    )
 
 
 def build_app(predictor: BoneAgePredictor) -> gr.Blocks:
@@ -75,7 +104,7 @@ def build_app(predictor: BoneAgePredictor) -> gr.Blocks:
             "# Bone age from a hand radiograph\n"
             "Upload a left-hand radiograph (PNG, JPEG or DICOM), choose the sex and enter the "
             "chronological age. The reading compares bone age with age against the Greulich & Pyle "
-            f"standard deviations. *{DISCLAIMER}*"
+            f"standard deviations. *{report.DISCLAIMER}*"
         )
         with gr.Row():
             with gr.Column():
@@ -85,27 +114,33 @@ def build_app(predictor: BoneAgePredictor) -> gr.Blocks:
                     label="Chronological age",
                     placeholder="months (e.g. 123) or years and months (e.g. 10y3m)",
                 )
-                with gr.Accordion("…or from dates", open=False):
+                with gr.Accordion("…or from dates (prefilled from DICOM)", open=False):
                     birth_date = gr.Textbox(label="Birth date", placeholder="YYYY-MM-DD")
                     exam_date = gr.Textbox(label="Exam date", placeholder="YYYY-MM-DD")
+                patient = gr.Textbox(label="Name or ID to print on the report (optional)", max_lines=1)
                 button = gr.Button("Assess bone age", variant="primary")
             with gr.Column():
                 bone_age = gr.Textbox(label="Bone age", elem_id="bone-age")
                 gap = gr.Textbox(label="Gap to chronological age", elem_id="gap")
                 z_score = gr.Textbox(label="Z-score and call", elem_id="z-score")
                 stage = gr.Textbox(label="Developmental stage", elem_id="stage")
-                enhanced = gr.Image(label="Image as the model saw it (CLAHE)", type="numpy", format="png")
-                details = gr.JSON(label="Full reading")
+                pdf = gr.File(label="PDF report", elem_id="report")
                 model_info = gr.Markdown()
-        inputs = [radiograph, sex, age, birth_date, exam_date]
-        outputs = [bone_age, gap, z_score, stage, enhanced, details, model_info]
+        with gr.Row():
+            enhanced = gr.Image(label="Image as the model saw it (CLAHE)", type="numpy", format="png")
+            heatmap = gr.Image(label="Grad-CAM: where the model looked", type="numpy", format="png")
+            chart = gr.Image(label="Growth chart (Greulich & Pyle ±2 SD)", type="numpy", format="png")
+        details = gr.JSON(label="Full reading")
+        inputs = [radiograph, sex, age, birth_date, exam_date, patient]
+        outputs = [bone_age, gap, z_score, stage, enhanced, heatmap, chart, pdf, details, model_info]
         button.click(make_predict(predictor), inputs, outputs, api_name="predict")
+        radiograph.upload(dicom_defaults, radiograph, [sex, birth_date, exam_date], api_visibility="private")
         examples = example_cases()
         if examples:
             gr.Examples(
-                [[str(c.path), c.sex, f"{c.chronological_age_months:g}", "", ""] for c in examples],
-                inputs,
-                label="Examples from the RSNA validation split (delayed, normal, advanced)",
+                [[str(c.path), c.sex, f"{c.chronological_age_months:g}"] for c in examples],
+                [radiograph, sex, age],
+                label="Examples from the RSNA validation split (normal, delayed, advanced)",
             )
     return demo
 

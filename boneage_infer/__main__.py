@@ -57,7 +57,7 @@ def _collect_cases(args: argparse.Namespace) -> list[tuple[Path, str | None, str
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .predictor import BoneAgePredictor
+    from .predictor import BoneAgePredictor, RejectedImage
     from .weights import WeightsError
 
     try:
@@ -81,9 +81,16 @@ def _predict(args: argparse.Namespace) -> int:
         if isinstance(result, Exception):
             failed += 1
             _print_error(str(file), result)
-            rows.append({"file": str(file), "error": str(result)})
+            row = {"file": str(file), "error": str(result)}
+            if isinstance(result, RejectedImage):
+                row["quality"] = result.quality.to_dict()
+                if args.json:
+                    print(json.dumps(row), flush=True)
+            rows.append(row)
             continue
         row = result.to_dict()
+        if args.heatmap:
+            row["heatmap"] = str(_write_heatmap(predictor, Path(file), row["sex"], args.heatmap))
         rows.append(row)
         if args.json:
             print(json.dumps(row), flush=True)
@@ -100,8 +107,20 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _write_heatmap(predictor, file: Path, sex: str, folder: Path) -> Path:
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    picture = predictor.heatmap_overlay(predictor.prepare(file), sex)
+    out = folder / f"{file.stem}_heatmap.png"
+    cv2.imwrite(str(out), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    return out
+
+
 def _describe(row: dict) -> str:
     text = f"{row['file']}: bone age {row['bone_age_months']:.1f} months ({row['bone_age_text']})"
+    if row.get("interval_90"):
+        text += f", 90% interval {row['interval_90'][0]:.1f}-{row['interval_90'][1]:.1f}"
     text += f", {row['stage']}"
     if row.get("gap_months") is not None:
         text += f"; gap {row['gap_months']:+.1f} months"
@@ -183,12 +202,16 @@ def main(argv: list[str] | None = None) -> int:
     p = commands.add_parser("predict", help="bone age for radiographs (files, folders or a cases CSV)")
     p.add_argument("images", nargs="+", help="image files (PNG/JPEG/DICOM), folders, or CSV files of cases")
     p.add_argument(
-        "--sex", type=str.upper, choices=["M", "F"], help="sex for every image (a CSV may give it per row)"
+        "--sex",
+        type=str.upper,
+        choices=["M", "F", "U"],
+        help="M, F or U (unknown) for every image; a CSV may give it per row",
     )
     p.add_argument("--age", help="chronological age: months (e.g. 123) or years+months (e.g. 10y3m)")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.add_argument("--csv", type=Path, help="also write all readings to this CSV")
     p.add_argument("--image-dir", type=Path, help="folder for a CSV's `id` column")
+    p.add_argument("--heatmap", type=Path, help="write a Grad-CAM heatmap PNG per image to this folder")
     p.add_argument("--weights", help="weights folder (default: BONEAGE_WEIGHTS, BONEAGE_HF_REPO, weights/)")
     p.set_defaults(run=_predict)
 

@@ -1,18 +1,33 @@
-"""The one object that turns a radiograph into a reading; used by app.py, the CLI and tests."""
+"""The one object that turns a radiograph into a reading; used by app.py, the CLI and tests.
+
+predictor = BoneAgePredictor()              # bundled weights (see weights.py)
+reading = predictor.predict("hand.png", sex="F", chronological_age_months="10y3m")
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import clinical, preprocessing
+from . import clinical, explain, preprocessing, quality
 from .preprocessing import ImageError, Radiograph
-from .weights import load_model
+from .weights import CALIBRATION_FILE, NOVELTY_FILE, load_model, resolve_weights
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+UNKNOWN_SEX = "U"
+
+
+class RejectedImage(ImageError):
+    """The quality gate decided this is not a usable hand radiograph."""
+
+    def __init__(self, quality: quality.Quality):
+        super().__init__(f"Rejected: {quality.reason}.")
+        self.quality = quality
 
 
 @dataclass
@@ -20,83 +35,151 @@ class Reading:
     """A bone-age reading of one radiograph. Ages in months; gap = bone age − chronological age."""
 
     file: str | None
-    sex: str
+    sex: str  # "M", "F" or "U" (unknown: the reading averages both sexes)
     bone_age_months: float
     bone_age_text: str
     stage: str
+    interval_90: list[float] | None = None
     chronological_age_months: float | None = None
     gap_months: float | None = None
     sd_months: float | None = None
     z_score: float | None = None
     call: str | None = None
+    bone_age_by_sex: dict[str, float] | None = None
+    quality: dict = field(default_factory=lambda: {"accepted": True, "reason": "not checked"})
     warnings: list[str] = field(default_factory=list)
     model_version: str = ""
     device: str = ""
 
     def to_dict(self) -> dict:
-        return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        def tidy(value):
+            if isinstance(value, float):
+                return round(value, 2)
+            if isinstance(value, list):
+                return [tidy(v) for v in value]
+            if isinstance(value, dict):
+                return {k: tidy(v) for k, v in value.items()}
+            return value
+
+        return tidy(asdict(self))
 
 
 @dataclass
 class PreparedImage:
-    """A decoded radiograph and the enhanced (CLAHE) image the model sees."""
+    """A decoded radiograph, the enhanced (CLAHE) image the model sees, and its quality."""
 
     radiograph: Radiograph
     enhanced: np.ndarray  # uint8, canonical size
     model_input: np.ndarray  # float32, (size, size, channels)
+    quality: quality.Quality
 
 
 class BoneAgePredictor:
-    """Load the network once; predict bone age for one radiograph or a batch."""
+    """Load the network once; read one radiograph or a batch."""
 
     def __init__(self, weights: str | Path | None = None):
-        self.model, self.config, manifest = load_model(weights)
-        self.model_version = manifest.get("version", "unknown")
+        import keras
         import tensorflow as tf
 
+        folder = resolve_weights(weights)
+        self.model, self.config, manifest = load_model(folder)
+        self.model_version = manifest.get("version", "unknown")
         self.device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
-        self._forward = tf.function(lambda inputs: self.model(inputs, training=False), reduce_retracing=True)
+        calibration = folder / CALIBRATION_FILE
+        self.calibration = json.loads(calibration.read_text()) if calibration.is_file() else {}
+        self.novelty = (
+            quality.NoveltyModel.load(folder / NOVELTY_FILE) if (folder / NOVELTY_FILE).is_file() else None
+        )
+        serving = keras.Model(
+            self.model.inputs,
+            {"bone_age_z": self.model.output["bone_age_z"], "features": self.model.get_layer("pool").output},
+        )
+        self._forward = tf.function(lambda inputs: serving(inputs, training=False), reduce_retracing=True)
+        self._cam_model = None
 
+    # -- images ---------------------------------------------------------------------------
     def prepare(self, source: str | Path | bytes) -> PreparedImage:
-        """Decode and enhance an image file (raises ImageError for unusable input)."""
+        """Decode, check and enhance an image file (raises ImageError for unusable input)."""
         radiograph = preprocessing.read_radiograph(source)
+        verdict = quality.image_checks(radiograph)
+        if not verdict.accepted:
+            raise RejectedImage(verdict)
         enhanced = preprocessing.enhance(radiograph.pixels)
         model_input = preprocessing.to_model_input(enhanced, self.config.input_size)
         if self.config.channels == 3:
             model_input = np.repeat(model_input, 3, axis=-1)
-        return PreparedImage(radiograph, enhanced, model_input)
+        return PreparedImage(radiograph, enhanced, model_input, verdict)
 
-    def bone_age(self, images: np.ndarray, male: np.ndarray) -> np.ndarray:
+    def infer(self, images: np.ndarray, male) -> tuple[np.ndarray, np.ndarray]:
+        """Bone age in months (mean over the image and its mirror) and pooled features."""
+        images = np.asarray(images, np.float32)
+        sex = np.asarray(male, np.float32).reshape(-1, 1)
+        both = self._forward(
+            {"image": np.concatenate([images, images[:, :, ::-1]]), "sex": np.concatenate([sex, sex])}
+        )
+        z = np.asarray(both["bone_age_z"], np.float64)[:, 0].reshape(2, -1).mean(0)
+        features = np.asarray(both["features"], np.float64)[: len(images)]
+        return self.config.target_mean_months + self.config.target_std_months * z, features
+
+    def bone_age(self, images: np.ndarray, male) -> np.ndarray:
         """Bone age in months for a batch of model inputs and sexes (True = male)."""
-        inputs = {
-            "image": np.asarray(images, np.float32),
-            "sex": np.asarray(male, np.float32).reshape(-1, 1),
-        }
-        z = np.asarray(self._forward(inputs)["bone_age_z"], np.float64)[:, 0]
-        return self.config.target_mean_months + self.config.target_std_months * z
+        return self.infer(images, male)[0]
 
-    def _reading(
-        self, image: PreparedImage, sex: str, age: float | None, months: float, file: str | None
-    ) -> Reading:
-        months = float(np.clip(months, 0.0, 240.0))
+    def heatmap(self, image: PreparedImage, sex: str) -> np.ndarray:
+        """Grad-CAM heatmap in [0, 1] at the model input size."""
+        if self._cam_model is None:
+            self._cam_model = explain.grad_cam_model(self.model)
+        return explain.grad_cam(self._cam_model, image.model_input, sex == "M")
+
+    def heatmap_overlay(self, image: PreparedImage, sex: str) -> np.ndarray:
+        """RGB picture of the heatmap over the enhanced radiograph."""
+        return explain.overlay(image.enhanced, self.heatmap(image, "F" if sex == UNKNOWN_SEX else sex))
+
+    # -- readings -------------------------------------------------------------------------
+    def _interval(self, months: float) -> list[float] | None:
+        half = self.calibration.get("interval_90_half_width_months")
+        return None if half is None else [max(0.0, months - half), months + half]
+
+    def _reading(self, image: PreparedImage, sex: str, age: float | None, by_sex: dict, file: str | None):
+        warnings = list(image.radiograph.notes) + list(image.quality.warnings)
+        months = float(np.clip(np.mean(list(by_sex.values())), 0.0, 240.0))
         reading = Reading(
             file=file,
             sex=sex,
             bone_age_months=months,
             bone_age_text=clinical.format_months(months),
-            stage=clinical.stage(months, sex),
+            stage=clinical.stage(months, "F" if sex == UNKNOWN_SEX else sex),
+            interval_90=self._interval(months),
             chronological_age_months=age,
-            warnings=list(image.radiograph.notes),
+            quality=image.quality.to_dict(),
+            warnings=warnings,
             model_version=self.model_version,
             device=self.device,
         )
+        if sex == UNKNOWN_SEX:
+            reading.bone_age_by_sex = {k: float(v) for k, v in by_sex.items()}
+            reading.stage = " / ".join(f"{clinical.stage(v, k)} ({k})" for k, v in by_sex.items())
+            warnings.append(
+                "Sex unknown: the bone age is the mean of the readings as a girl "
+                f"({by_sex['F']:.1f} months) and as a boy ({by_sex['M']:.1f} months)."
+            )
         if age is not None:
-            interpretation = clinical.interpret(months, age, sex)
-            reading.gap_months = interpretation.gap_months
-            reading.sd_months = interpretation.sd_months
-            reading.z_score = interpretation.z_score
-            reading.call = interpretation.call
-            reading.warnings += interpretation.warnings
+            gap = months - age
+            reading.gap_months = gap
+            calls = {k: clinical.interpret(v, age, k) for k, v in by_sex.items()}
+            if sex != UNKNOWN_SEX:
+                result = calls[sex]
+                reading.sd_months, reading.z_score = result.sd_months, result.z_score
+                reading.call = result.call
+                warnings += result.warnings
+            else:
+                verdicts = {r.call for r in calls.values()}
+                reading.call = verdicts.pop() if len(verdicts) == 1 else "not assessed"
+                warnings.append(
+                    "Sex unknown: no z-score; the call is given only when it is the same for both sexes "
+                    f"({', '.join(f'{k}: {r.call}' for k, r in calls.items())})."
+                )
+                warnings += calls["F"].warnings
         return reading
 
     def predict_prepared(
@@ -107,10 +190,29 @@ class BoneAgePredictor:
         file: str | None = None,
     ) -> Reading:
         """Reading for an image already passed through ``prepare``."""
-        sex = clinical.check_sex(sex)
-        age = clinical.chronological_age(chronological_age_months)
-        months = self.bone_age(image.model_input[None], [sex == "M"])[0]
-        return self._reading(image, sex, age, months, file)
+        return self._read(
+            [(0, image, check_sex(sex), clinical.chronological_age(chronological_age_months), file)]
+        )[0]
+
+    def _read(self, items: list[tuple]) -> list[Reading]:
+        """items: (index, prepared, sex, age, file); one model call for the whole list."""
+        images, males, owners = [], [], []
+        for n, (_, prepared, sex, _, _) in enumerate(items):
+            for s in ("F", "M") if sex == UNKNOWN_SEX else (sex,):
+                images.append(prepared.model_input)
+                males.append(s == "M")
+                owners.append((n, s))
+        months, features = self.infer(np.stack(images), males)
+        readings = []
+        for n, (_, prepared, sex, age, file) in enumerate(items):
+            by_sex = {s: float(m) for (k, s), m in zip(owners, months) if k == n}
+            first = next(i for i, (k, _) in enumerate(owners) if k == n)
+            if self.novelty is not None:
+                verdict = self.novelty.check(features[first])
+                if not verdict.accepted:
+                    raise RejectedImage(verdict)
+            readings.append(self._reading(prepared, sex, age, by_sex, file))
+        return readings
 
     def predict(
         self,
@@ -133,25 +235,40 @@ class BoneAgePredictor:
     ) -> list[Reading | Exception]:
         """Read many radiographs; a bad one yields its exception, the rest are still read."""
         ages = chronological_ages_months or [None] * len(sources)
-        results: list[Reading | Exception | None] = []
-        pending = []  # (index, prepared image, sex, age, file)
-        for source, sex, age in zip(sources, sexes, ages, strict=True):
+        results: list[Reading | Exception | None] = [None] * len(sources)
+        pending = []
+        for index, (source, sex, age) in enumerate(zip(sources, sexes, ages, strict=True)):
             try:
-                sex = clinical.check_sex(sex)
-                age = clinical.chronological_age(age)
-                prepared = self.prepare(source)
+                sex, age = check_sex(sex), clinical.chronological_age(age)
+                pending.append((index, self.prepare(source), sex, age, _name(source)))
             except (ImageError, ValueError) as exc:
-                results.append(exc)
-                continue
-            pending.append(
-                (len(results), prepared, sex, age, None if isinstance(source, bytes) else str(source))
-            )
-            results.append(None)
+                results[index] = exc
         for start in range(0, len(pending), batch_size):
             chunk = pending[start : start + batch_size]
-            months = self.bone_age(
-                np.stack([item[1].model_input for item in chunk]), [item[2] == "M" for item in chunk]
-            )
-            for (index, prepared, sex, age, file), value in zip(chunk, months):
-                results[index] = self._reading(prepared, sex, age, value, file)
+            try:
+                readings = self._read(chunk)
+            except RejectedImage:  # find which one: read them singly
+                readings = []
+                for item in chunk:
+                    try:
+                        readings.append(self._read([item])[0])
+                    except RejectedImage as exc:
+                        readings.append(exc)
+            for item, reading in zip(chunk, readings):
+                results[item[0]] = reading
         return results
+
+
+def check_sex(sex: str | None) -> str:
+    """'M', 'F' or 'U' (unknown); also male/female/unknown."""
+    value = str(sex or "").strip().upper()
+    if value in (UNKNOWN_SEX, "UNKNOWN", "O"):
+        return UNKNOWN_SEX
+    try:
+        return clinical.check_sex(value)
+    except ValueError:
+        raise ValueError("Sex must be M (male), F (female) or U (unknown).") from None
+
+
+def _name(source) -> str | None:
+    return None if isinstance(source, bytes) else str(source)

@@ -50,6 +50,8 @@ class Radiograph:
     birth_date: date | None = None
     study_date: date | None = None
     laterality: str | None = None  # "L" / "R" from DICOM (Image)Laterality
+    colourfulness: float = 0.0  # Hasler & Süsstrunk 2003; 0 for grey images
+    original_levels: int = 256  # distinct grey levels spanned before stretching (contrast)
     notes: list[str] = field(default_factory=list)
 
 
@@ -108,17 +110,33 @@ def _decode_raster(data: bytes) -> Radiograph:
         image.load()
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"The {image.format} file is truncated or corrupt ({exc}).") from None
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        pixels = np.asarray(image)
-    elif image.mode == "L":
+    colourfulness = 0.0
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "L"):
         pixels = np.asarray(image)
     else:  # RGB, RGBA, LA, P, CMYK, 1 ...
         if "A" in image.getbands() or image.mode == "P":
             image = image.convert("RGBA")
             background = Image.new("RGBA", image.size, (0, 0, 0, 255))
             image = Image.alpha_composite(background, image)
+        colourfulness = _colourfulness(np.asarray(image.convert("RGB")))
         pixels = np.asarray(image.convert("L"))
-    return Radiograph(pixels=_to_uint8(np.asarray(pixels)), source_format=image.format)
+    return _radiograph(np.asarray(pixels), image.format, colourfulness=colourfulness)
+
+
+def _colourfulness(rgb: np.ndarray) -> float:
+    """Hasler & Süsstrunk (2003) colourfulness: about 0 for grey images, > 30 for colour photos."""
+    r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
+    rg, yb = r - g, 0.5 * (r + g) - b
+    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+
+
+def _radiograph(pixels: np.ndarray, source_format: str, **metadata) -> Radiograph:
+    """Stretch to uint8 and record how many grey levels the original spanned."""
+    full_scale = 255.0 if pixels.dtype == np.uint8 else float(max(pixels.max(), 1))
+    levels = int(round(256 * (float(pixels.max()) - float(pixels.min())) / full_scale))
+    return Radiograph(
+        pixels=_to_uint8(pixels), source_format=source_format, original_levels=levels, **metadata
+    )
 
 
 def _dicom_date(value: object) -> date | None:
@@ -151,14 +169,14 @@ def _decode_dicom(data: bytes) -> Radiograph:
         raise ImageError("Multi-frame DICOM is not supported: export a single frame.")
     pixels = apply_modality_lut(pixels, dataset)
     pixels = apply_voi_lut(pixels, dataset)
-    grey = _to_uint8(np.asarray(pixels))
+    pixels = np.asarray(pixels, np.float64)
     if str(dataset.get("PhotometricInterpretation", "")) == "MONOCHROME1":
-        grey = 255 - grey
+        pixels = pixels.max() + pixels.min() - pixels
     sex = str(dataset.get("PatientSex", "")).strip().upper()
     laterality = str(dataset.get("ImageLaterality", "") or dataset.get("Laterality", "")).strip()
-    return Radiograph(
-        pixels=grey,
-        source_format="DICOM",
+    return _radiograph(
+        pixels,
+        "DICOM",
         sex=sex if sex in ("M", "F") else None,
         birth_date=_dicom_date(dataset.get("PatientBirthDate")),
         study_date=_dicom_date(

@@ -24,7 +24,10 @@ BUNDLED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
 MANIFEST_FILE = "manifest.json"
-CHECKED_FILES = (CONFIG_FILE, WEIGHTS_FILE)
+CALIBRATION_FILE = "calibration.json"
+NOVELTY_FILE = "novelty.npz"
+CHECKED_FILES = (CONFIG_FILE, WEIGHTS_FILE)  # always required
+OPTIONAL_FILES = (CALIBRATION_FILE, NOVELTY_FILE)  # written by `calibrate`; checked when listed
 
 
 class WeightsError(RuntimeError):
@@ -46,7 +49,8 @@ def write_manifest(folder: Path, version: str) -> dict:
         "version": version,
         "files": {
             name: {"sha256": sha256(folder / name), "bytes": (folder / name).stat().st_size}
-            for name in CHECKED_FILES
+            for name in (*CHECKED_FILES, *OPTIONAL_FILES)
+            if (folder / name).is_file()
         },
     }
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -64,7 +68,7 @@ def verify(folder: Path) -> dict:
         files = manifest["files"]
     except (ValueError, KeyError) as exc:
         raise WeightsError(f"{manifest_path} is not a valid manifest ({exc}).") from None
-    for name in CHECKED_FILES:
+    for name in dict.fromkeys((*CHECKED_FILES, *files)):
         path = folder / name
         if not path.is_file():
             raise WeightsError(f"Missing weights file: {path}")
@@ -81,13 +85,13 @@ def _download_from_hub(repo_id: str, revision: str | None) -> Path:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        paths = [
-            Path(hf_hub_download(repo_id, name, revision=revision))
-            for name in (MANIFEST_FILE, *CHECKED_FILES)
-        ]
+        manifest = Path(hf_hub_download(repo_id, MANIFEST_FILE, revision=revision))
+        names = json.loads(manifest.read_text()).get("files", {})
+        for name in dict.fromkeys((*CHECKED_FILES, *names)):
+            hf_hub_download(repo_id, name, revision=revision)
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
         raise WeightsError(f"Could not get weights from Hub repo {repo_id}: {exc}") from None
-    return paths[0].parent
+    return manifest.parent
 
 
 def resolve_weights(path: str | Path | None = None) -> Path:
@@ -115,11 +119,11 @@ def save_weights(model, config: ModelConfig, folder: Path, version: str) -> None
     write_manifest(folder, version)
 
 
-def load_model(path: str | Path | None = None):
-    """Resolve, verify and load the network. Returns (keras model, config, manifest)."""
+def load_model(folder: str | Path):
+    """Verify and load the network in a weights folder. Returns (keras model, config, manifest)."""
     from .model import build_model
 
-    folder = resolve_weights(path)
+    folder = Path(folder)
     manifest = verify(folder)
     config = ModelConfig.load(folder / CONFIG_FILE)
     model = build_model(config)

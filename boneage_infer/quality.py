@@ -1,0 +1,126 @@
+"""Is this a usable hand radiograph? Checks run before any bone age is given.
+
+Two layers:
+
+* image statistics on the decoded image: colour photographs, blank/uniform images,
+  pure noise, bright document-like images (text, screenshots) are rejected; low
+  contrast and a hand touching the image edges give warnings;
+* a novelty test on the network's own features (``NoveltyModel``): a whitened PCA of
+  the pooled features of RSNA training radiographs; images far from them (other
+  body parts, natural images) are rejected. Its thresholds are set on held-out
+  training radiographs (``python -m boneage_infer calibrate``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .preprocessing import CANONICAL_SIZE, Radiograph
+
+MAX_COLOURFULNESS = 15.0
+MIN_STD = 4.0
+MIN_NEIGHBOUR_CORRELATION = 0.5
+MAX_BRIGHT_FRACTION = 0.5
+LOW_CONTRAST_LEVELS = 48
+LOW_CONTRAST_STD = 11.0
+
+
+@dataclass
+class Quality:
+    accepted: bool
+    reason: str
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"accepted": self.accepted, "reason": self.reason}
+
+
+def image_checks(radiograph: Radiograph) -> Quality:
+    """Reject images that cannot be hand radiographs; warn on usable but weak ones."""
+    if radiograph.colourfulness > MAX_COLOURFULNESS:
+        return Quality(False, "a colour image (photograph?), not a radiograph")
+    grey = cv2.resize(radiograph.pixels, (CANONICAL_SIZE, CANONICAL_SIZE), interpolation=cv2.INTER_AREA)
+    values = grey.astype(np.float64)
+    if values.std() < MIN_STD:
+        return Quality(False, "a blank or uniform image")
+    correlation = np.corrcoef(values[:, :-1].ravel(), values[:, 1:].ravel())[0, 1]
+    if not correlation > MIN_NEIGHBOUR_CORRELATION:
+        return Quality(False, "noise with no structure, not a radiograph")
+    if (grey > 200).mean() > MAX_BRIGHT_FRACTION:
+        return Quality(
+            False, "mostly bright (a document, screenshot or inverted image?), not a hand radiograph"
+        )
+    warnings = []
+    if radiograph.original_levels < LOW_CONTRAST_LEVELS or values.std() < LOW_CONTRAST_STD:
+        warnings.append("Low contrast image: the reading may be less accurate.")
+    _, mask = cv2.threshold(grey, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    # fingers cut by the top edge and the hand cut by a side: partly foreground bands
+    # (full bands are film frames or labels, common and harmless)
+    partial = [0.25 < band.mean() < 0.75 for band in (mask[2:8], mask[:, 2:8], mask[:, -8:-2])]
+    if partial[0] and (partial[1] or partial[2]):
+        warnings.append(
+            "The hand seems cut by the image edges (heavy cropping?): "
+            "check that the whole hand and wrist are shown."
+        )
+    return Quality(True, "usable hand radiograph" if not warnings else "usable, with warnings", warnings)
+
+
+@dataclass
+class NoveltyModel:
+    """Whitened-PCA distance of pooled network features from those of RSNA hand radiographs."""
+
+    mean: np.ndarray
+    components: np.ndarray  # (k, d)
+    scales: np.ndarray  # (k,) standard deviation along each component
+    max_distance: float  # mean squared whitened coordinate
+    max_residual: float  # relative norm of what the components do not explain
+
+    @classmethod
+    def fit(
+        cls, features: np.ndarray, held_out: np.ndarray, k: int = 32, quantile: float = 99.9
+    ) -> NoveltyModel:
+        mean = features.mean(0)
+        _, singular, vt = np.linalg.svd(features - mean, full_matrices=False)
+        model = cls(mean, vt[:k], singular[:k] / np.sqrt(len(features) - 1), np.inf, np.inf)
+        distance, residual = model.scores(held_out)
+        model.max_distance = float(np.percentile(distance, quantile))
+        model.max_residual = float(np.percentile(residual, quantile))
+        return model
+
+    def scores(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        centred = np.atleast_2d(features) - self.mean
+        coords = centred @ self.components.T
+        distance = np.mean((coords / self.scales) ** 2, axis=1)
+        residual = np.linalg.norm(centred - coords @ self.components, axis=1) / (
+            np.linalg.norm(centred, axis=1) + 1e-9
+        )
+        return distance, residual
+
+    def check(self, features: np.ndarray) -> Quality:
+        distance, residual = (float(v[0]) for v in self.scores(features))
+        if distance > self.max_distance or residual > self.max_residual:
+            return Quality(
+                False,
+                "does not look like a hand radiograph (unlike every training radiograph: "
+                "another body part, or not a radiograph?)",
+            )
+        return Quality(True, "usable hand radiograph")
+
+    def save(self, path: Path) -> None:
+        np.savez(
+            path,
+            mean=self.mean,
+            components=self.components,
+            scales=self.scales,
+            limits=np.array([self.max_distance, self.max_residual]),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> NoveltyModel:
+        with np.load(path) as data:
+            limits = data["limits"]
+            return cls(data["mean"], data["components"], data["scales"], float(limits[0]), float(limits[1]))

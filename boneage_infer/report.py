@@ -1,0 +1,139 @@
+"""Growth chart and one-page PDF report for a reading."""
+
+from __future__ import annotations
+
+import io
+from datetime import date
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import clinical
+
+DISCLAIMER = "Research use only, not a medical device."
+
+
+def growth_chart(reading, dpi: int = 110) -> np.ndarray:
+    """Bone age against chronological age with the G&P ±2 SD band for the sex; RGB uint8."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 4.2), dpi=dpi)
+    sexes = ("F", "M") if reading.sex not in clinical.SEXES else (reading.sex,)
+    for sex, colour in zip(sexes, ("tab:red", "tab:blue") if len(sexes) == 2 else ("tab:green",)):
+        ages = np.linspace(clinical.ATLAS_MIN_MONTHS, clinical.ATLAS_MAX_MONTHS[sex], 200)
+        sd = np.array([clinical.sd_for_age(a, sex) for a in ages])
+        label = {"F": "girls", "M": "boys"}[sex]
+        ax.fill_between(
+            ages / 12,
+            (ages - 2 * sd) / 12,
+            (ages + 2 * sd) / 12,
+            color=colour,
+            alpha=0.15,
+            label=f"±2 SD, {label} (Greulich & Pyle)",
+        )
+        mean = [clinical.mean_skeletal_age(a, sex) for a in ages]
+        ax.plot(ages / 12, np.array(mean) / 12, ":", color=colour, lw=1, label=f"Brush mean, {label}")
+    ax.plot([0, 19], [0, 19], "k-", lw=0.8, label="bone age = age")
+    bone_age = reading.bone_age_months / 12
+    if reading.chronological_age_months is not None:
+        age = reading.chronological_age_months / 12
+        if reading.interval_90:
+            low, high = (v / 12 for v in reading.interval_90)
+            ax.errorbar(
+                [age],
+                [bone_age],
+                yerr=[[bone_age - low], [high - bone_age]],
+                fmt="none",
+                ecolor="black",
+                capsize=4,
+                label="90% interval",
+            )
+        ax.plot([age], [bone_age], "D", color="black", ms=7, label="this child")
+    else:
+        ax.axhline(bone_age, color="black", ls="--", lw=1, label="bone age (no age given)")
+    ax.set(xlabel="chronological age (years)", ylabel="bone age (years)", xlim=(0, 19), ylim=(0, 20))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return cv2.cvtColor(
+        cv2.imdecode(np.frombuffer(buffer.getvalue(), np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB
+    )
+
+
+def _png(picture: np.ndarray) -> io.BytesIO:
+    image = cv2.cvtColor(picture, cv2.COLOR_RGB2BGR) if picture.ndim == 3 else picture
+    return io.BytesIO(cv2.imencode(".png", image)[1].tobytes())
+
+
+def _latin1(text: str) -> str:
+    return text.replace("−", "-").replace("–", "-").encode("latin-1", "replace").decode("latin-1")
+
+
+def report_lines(reading) -> list[tuple[str, str]]:
+    """The figures on the report, as (label, value) rows."""
+    rows = [("Bone age", f"{reading.bone_age_months:.1f} months ({reading.bone_age_text})")]
+    if reading.interval_90:
+        rows.append(("90% interval", f"{reading.interval_90[0]:.1f} - {reading.interval_90[1]:.1f} months"))
+    rows.append(("Sex", {"F": "female", "M": "male"}.get(reading.sex, "unknown")))
+    if reading.chronological_age_months is not None:
+        rows.append(
+            (
+                "Chronological age",
+                f"{reading.chronological_age_months:.1f} months "
+                f"({clinical.format_months(reading.chronological_age_months)})",
+            )
+        )
+        rows.append(("Gap (bone - chronological)", f"{reading.gap_months:+.1f} months"))
+        rows.append(("Z-score (G&P SD)", "-" if reading.z_score is None else f"{reading.z_score:+.2f}"))
+        rows.append(("Call", reading.call))
+    rows.append(("Developmental stage", reading.stage))
+    rows.append(("Model", f"{reading.model_version} on {reading.device}"))
+    rows.append(("Date", date.today().isoformat()))
+    return rows
+
+
+def pdf_report(
+    reading, enhanced: np.ndarray, heat_overlay: np.ndarray, path: Path, patient: str | None = None
+) -> Path:
+    """One page: radiograph and heatmap, the figures, the growth chart, the disclaimer."""
+    from fpdf import FPDF
+
+    pdf = FPDF(format="A4")
+    pdf.set_auto_page_break(False)
+    pdf.add_page()
+    pdf.set_font("Helvetica", "B", 16)
+    pdf.cell(0, 10, "Bone age report (Greulich & Pyle)", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Helvetica", "B", 10)
+    pdf.set_text_color(160, 0, 0)
+    pdf.cell(0, 6, DISCLAIMER, new_x="LMARGIN", new_y="NEXT")
+    pdf.set_text_color(0, 0, 0)
+    if patient:
+        pdf.set_font("Helvetica", "", 10)
+        pdf.cell(0, 6, _latin1(f"Patient: {patient}"), new_x="LMARGIN", new_y="NEXT")
+    top = pdf.get_y() + 2
+    pdf.image(_png(enhanced), x=10, y=top, w=60, h=60)
+    pdf.image(_png(heat_overlay), x=75, y=top, w=60, h=60)
+    pdf.set_font("Helvetica", "", 8)
+    pdf.set_xy(10, top + 61)
+    pdf.cell(60, 4, "Radiograph as the model saw it (CLAHE)")
+    pdf.set_xy(75, top + 61)
+    pdf.cell(60, 4, "Grad-CAM: where the model looked")
+    pdf.set_xy(10, top + 68)
+    for label, value in report_lines(reading):
+        pdf.set_font("Helvetica", "B", 10)
+        pdf.cell(55, 6, _latin1(label))
+        pdf.set_font("Helvetica", "", 10)
+        pdf.cell(0, 6, _latin1(str(value)), new_x="LMARGIN", new_y="NEXT")
+    for warning in reading.warnings:
+        pdf.set_font("Helvetica", "I", 8)
+        pdf.multi_cell(0, 4, _latin1(f"Note: {warning}"), new_x="LMARGIN", new_y="NEXT")
+    pdf.image(_png(growth_chart(reading)), x=10, y=max(pdf.get_y() + 2, 190), w=110)
+    pdf.output(str(path))
+    return Path(path)
