@@ -34,8 +34,6 @@ def make_predict(predictor: BoneAgePredictor):
     ):
         if not radiograph:
             raise gr.Error("Upload a hand radiograph (PNG, JPEG or DICOM).")
-        if not sex:
-            raise gr.Error("Choose the sex (or Unknown): the standards differ for girls and boys.")
         try:
             age = clinical.chronological_age(chronological_age, birth_date, exam_date)
             progress(0.1, desc="Decoding, checking and enhancing (CLAHE)")

@@ -174,6 +174,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import calibrate
+
+    print(
+        json.dumps(calibrate(args.data, args.weights, fit_n=args.fit_n, held_out_n=args.held_out_n), indent=2)
+    )
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from .train import cross_validate, train
 
@@ -239,6 +248,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, help="use only this many training images (smoke tests)")
     p.add_argument("--progress", action="store_true", help="progress bar with ETA even when not a tty")
     p.set_defaults(run=_train)
+
+    p = commands.add_parser(
+        "calibrate", help="fit the 90%% interval and the novelty gate of a weights folder"
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="RSNA-layout folder (train for the gate, val for the interval)",
+    )
+    p.add_argument(
+        "--weights", type=Path, required=True, help="weights folder to calibrate (rewrites its manifest)"
+    )
+    p.add_argument("--fit-n", type=int, default=3000, help="train radiographs that define the feature space")
+    p.add_argument(
+        "--held-out-n", type=int, default=1500, help="other train radiographs that set the gate's limits"
+    )
+    p.set_defaults(run=_calibrate)
 
     args = parser.parse_args(argv)
     return args.run(args)

@@ -185,14 +185,25 @@ class BoneAgePredictor:
     def predict_prepared(
         self,
         image: PreparedImage,
-        sex: str,
+        sex: str | None,
         chronological_age_months: float | str | None = None,
         file: str | None = None,
     ) -> Reading:
         """Reading for an image already passed through ``prepare``."""
-        return self._read(
-            [(0, image, check_sex(sex), clinical.chronological_age(chronological_age_months), file)]
-        )[0]
+        return self._read([(0, image, *self._patient(image, sex, chronological_age_months), file)])[0]
+
+    @staticmethod
+    def _patient(image: PreparedImage, sex: str | None, age: float | str | None) -> tuple[str, float | None]:
+        """Sex and age as given, else from the DICOM header (noted in the reading's warnings)."""
+        radiograph = image.radiograph
+        if not str(sex or "").strip() and radiograph.sex:
+            sex = radiograph.sex
+            radiograph.notes.append(f"Sex {sex} taken from the DICOM header.")
+        months = clinical.chronological_age(age)
+        if months is None and radiograph.birth_date and radiograph.study_date:
+            months = clinical.age_between(radiograph.birth_date, radiograph.study_date)
+            radiograph.notes.append("Chronological age computed from the DICOM birth and study dates.")
+        return check_sex(sex), months
 
     def _read(self, items: list[tuple]) -> list[Reading]:
         """items: (index, prepared, sex, age, file); one model call for the whole list."""
@@ -239,8 +250,10 @@ class BoneAgePredictor:
         pending = []
         for index, (source, sex, age) in enumerate(zip(sources, sexes, ages, strict=True)):
             try:
-                sex, age = check_sex(sex), clinical.chronological_age(age)
-                pending.append((index, self.prepare(source), sex, age, _name(source)))
+                if str(sex or "").strip():
+                    check_sex(sex)  # a wrong sex is reported before any decoding
+                prepared = self.prepare(source)
+                pending.append((index, prepared, *self._patient(prepared, sex, age), _name(source)))
             except (ImageError, ValueError) as exc:
                 results[index] = exc
         for start in range(0, len(pending), batch_size):
@@ -262,12 +275,14 @@ class BoneAgePredictor:
 def check_sex(sex: str | None) -> str:
     """'M', 'F' or 'U' (unknown); also male/female/unknown."""
     value = str(sex or "").strip().upper()
+    if not value:
+        raise ValueError("Sex is needed: M (male), F (female) or U (unknown).")
     if value in (UNKNOWN_SEX, "UNKNOWN", "O"):
         return UNKNOWN_SEX
     try:
         return clinical.check_sex(value)
     except ValueError:
-        raise ValueError("Sex must be M (male), F (female) or U (unknown).") from None
+        raise ValueError(f"Sex must be M (male), F (female) or U (unknown), not {sex!r}.") from None
 
 
 def _name(source) -> str | None:

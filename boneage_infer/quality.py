@@ -25,6 +25,7 @@ MAX_COLOURFULNESS = 15.0
 MIN_STD = 4.0
 MIN_NEIGHBOUR_CORRELATION = 0.5
 MAX_BRIGHT_FRACTION = 0.5
+LAPLACIAN_RANGE = (0.75, 14.0)  # mean |Laplacian| at 299 px; RSNA val spans 0.79-10.5
 LOW_CONTRAST_LEVELS = 48
 LOW_CONTRAST_STD = 11.0
 
@@ -50,6 +51,11 @@ def image_checks(radiograph: Radiograph) -> Quality:
     correlation = np.corrcoef(values[:, :-1].ravel(), values[:, 1:].ravel())[0, 1]
     if not correlation > MIN_NEIGHBOUR_CORRELATION:
         return Quality(False, "noise with no structure, not a radiograph")
+    detail = float(np.abs(cv2.Laplacian(values.astype(np.float32), cv2.CV_32F)).mean())
+    if detail > LAPLACIAN_RANGE[1]:
+        return Quality(False, "fine texture or noise everywhere (a photograph, document or screenshot?)")
+    if detail < LAPLACIAN_RANGE[0]:
+        return Quality(False, "a smooth image with no bone structure")
     if (grey > 200).mean() > MAX_BRIGHT_FRACTION:
         return Quality(
             False, "mostly bright (a document, screenshot or inverted image?), not a hand radiograph"

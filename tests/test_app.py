@@ -62,7 +62,7 @@ def test_bad_inputs_are_clear_errors_and_the_server_survives(client, radiograph,
             predict(client, path)
         assert re.search(message, str(raised.value), re.I), (name, str(raised.value))
     for sex, age, message in [
-        (None, "120", "Choose the sex"),
+        (None, "120", "Sex is needed"),
         ("F", "ten", "not a number"),
         ("F", "-3", "negative"),
         ("F", "5000", "over 30 years"),

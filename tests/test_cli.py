@@ -63,7 +63,7 @@ def test_bad_arguments_exit_nonzero(radiograph):
     result = run_cli("predict", str(radiograph), "--sex", "X")
     assert result.returncode == 2 and "invalid choice" in result.stderr
     result = run_cli("predict", str(radiograph))
-    assert result.returncode == 1 and "Sex must be M (male) or F (female)" in result.stderr
+    assert result.returncode == 1 and "Sex is needed: M (male), F (female) or U (unknown)" in result.stderr
     result = run_cli("predict", str(radiograph), "--sex", "F", "--age", "ten")
     assert result.returncode == 1 and "not a number" in result.stderr
 

@@ -1,0 +1,85 @@
+"""Calibrate a weights folder on the RSNA data: the 90% interval and the novelty gate.
+
+``python -m boneage_infer calibrate --data ../shared/data/rsna-boneage --weights weights/``
+
+* Interval: split-conformal. The half-width is the 90th percentile of |error| of the
+  test-time-augmented reading on the val split (as the training issue asks), so about
+  90% of val cases fall inside; coverage and width are written to calibration.json.
+* Novelty gate: pooled features of ``fit_n`` train radiographs fix the whitened PCA;
+  its limits are the 99.9th percentiles on ``held_out_n`` other train radiographs; the
+  acceptance rate on val is measured and written down.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import data
+from .metrics import regression_metrics
+from .predictor import BoneAgePredictor
+from .preprocessing import ImageError
+from .quality import NoveltyModel
+from .weights import CALIBRATION_FILE, MANIFEST_FILE, NOVELTY_FILE, write_manifest
+
+
+def _features_and_months(predictor: BoneAgePredictor, cases: data.Cases, batch_size: int = 32):
+    """TTA bone age and pooled features of every case the image checks accept, and that mask."""
+    usable = np.ones(len(cases), bool)
+    images = []
+    for i, path in enumerate(cases.paths):
+        try:
+            images.append(predictor.prepare(path).model_input)
+        except ImageError:
+            usable[i] = False
+    male = cases.male[usable]
+    months, features = [], []
+    for start in range(0, len(images), batch_size):
+        m, f = predictor.infer(np.stack(images[start : start + batch_size]), male[start : start + batch_size])
+        months.append(m)
+        features.append(f)
+    return np.concatenate(months), np.concatenate(features), usable
+
+
+def calibrate(
+    data_root: Path, weights: Path, fit_n: int = 3000, held_out_n: int = 1500, seed: int = 0
+) -> dict:
+    folder = Path(weights)
+    for name in (CALIBRATION_FILE, NOVELTY_FILE):  # calibrate the bare model
+        (folder / name).unlink(missing_ok=True)
+    version = json.loads((folder / MANIFEST_FILE).read_text())["version"]
+    write_manifest(folder, version)
+    predictor = BoneAgePredictor(folder)
+
+    train = data.load_split(data_root, "train")
+    order = np.random.default_rng(seed).permutation(len(train))
+    _, fit_features, _ = _features_and_months(
+        predictor, train.subset(np.isin(np.arange(len(train)), order[:fit_n]))
+    )
+    _, held_features, _ = _features_and_months(
+        predictor, train.subset(np.isin(np.arange(len(train)), order[fit_n : fit_n + held_out_n]))
+    )
+    novelty = NoveltyModel.fit(fit_features, held_features)
+
+    val = data.load_split(data_root, "val")
+    months, val_features, usable = _features_and_months(predictor, val)
+    errors = np.abs(months - val.bone_age_months[usable])
+    half_width = float(np.percentile(errors, 90))
+    distance, residual = novelty.scores(val_features)
+    accepted = (distance <= novelty.max_distance) & (residual <= novelty.max_residual)
+    summary = {
+        "interval_90_half_width_months": half_width,
+        "interval_90_val_coverage": float(np.mean(errors <= half_width)),
+        "interval_90_mean_width_months": 2 * half_width,
+        "novelty_val_accepted": float(accepted.mean()),
+        "novelty_fit_n": fit_n,
+        "novelty_held_out_n": held_out_n,
+        "image_checks_val_accepted": float(usable.mean()),
+        "val_metrics_tta": regression_metrics(months, val.bone_age_months[usable], val.male[usable]),
+    }
+    (folder / CALIBRATION_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    novelty.save(folder / NOVELTY_FILE)
+    write_manifest(folder, version)
+    return summary

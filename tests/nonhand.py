@@ -1,0 +1,86 @@
+"""A set of images that are not hand radiographs: scikit-image's sample data plus synthetic ones."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import skimage.data
+from PIL import Image, ImageDraw, ImageFont
+
+SKIMAGE_SAMPLES = [
+    "astronaut", "binary_blobs", "brick", "camera", "cat", "cell", "checkerboard", "chelsea", "clock",
+    "coffee", "coins", "colorwheel", "grass", "gravel", "horse", "hubble_deep_field",
+    "immunohistochemistry", "logo", "microaneurysms", "moon", "page", "retina", "rocket",
+    "shepp_logan_phantom", "text",
+]  # fmt: skip
+
+
+def _uint8(image: np.ndarray) -> np.ndarray:
+    if image.dtype == bool:
+        return image.astype(np.uint8) * 255
+    if image.dtype != np.uint8:
+        image = image.astype(np.float64)
+        return np.uint8(255 * (image - image.min()) / max(image.max() - image.min(), 1e-9))
+    return image
+
+
+def _png(image: np.ndarray | Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _text_screenshot() -> Image.Image:
+    image = Image.new("RGB", (900, 700), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=18)
+    for line in range(30):
+        draw.text(
+            (20, 10 + 22 * line),
+            f"Line {line}: patient list, bone age report draft, lorem ipsum",
+            fill="black",
+            font=font,
+        )
+    return image
+
+
+def _dark_text_screenshot() -> Image.Image:
+    image = Image.new("L", (900, 700), 20)
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=18)
+    for line in range(30):
+        draw.text(
+            (20, 10 + 22 * line), f"$ python train.py --epoch {line} loss=0.{line:03d}", fill=230, font=font
+        )
+    return image
+
+
+def _synthetic(rng: np.random.Generator) -> dict[str, bytes]:
+    y, x = np.mgrid[0:400, 0:400]
+    blobs = np.zeros((400, 400))
+    for _ in range(12):
+        cy, cx, r = rng.integers(40, 360, 2).tolist() + [int(rng.integers(10, 60))]
+        blobs += np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * r**2))
+    return {
+        "black": _png(np.zeros((400, 400), np.uint8)),
+        "white": _png(np.full((400, 400), 255, np.uint8)),
+        "grey": _png(np.full((400, 400), 128, np.uint8)),
+        "nearly-uniform": _png((128 + rng.integers(0, 2, (400, 400))).astype(np.uint8)),
+        "gaussian-noise": _png(np.clip(rng.normal(128, 50, (400, 400)), 0, 255).astype(np.uint8)),
+        "uniform-noise": _png(rng.integers(0, 256, (400, 400), dtype=np.uint8)),
+        "colour-noise": _png(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8)),
+        "salt-and-pepper": _png((rng.random((400, 400)) > 0.5).astype(np.uint8) * 255),
+        "gradient": _png(np.uint8(x * 255 / 399)),
+        "blurry-blobs": _png(_uint8(blobs)),
+        "text-screenshot": _png(_text_screenshot()),
+        "terminal-screenshot": _png(_dark_text_screenshot()),
+        "tiny": _png(np.uint8(rng.integers(0, 256, (40, 40)))),
+    }
+
+
+def non_hand_images() -> dict[str, bytes]:
+    """name -> PNG bytes."""
+    images = {name: _png(_uint8(getattr(skimage.data, name)())) for name in SKIMAGE_SAMPLES}
+    images.update(_synthetic(np.random.default_rng(0)))
+    return images

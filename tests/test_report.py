@@ -1,0 +1,55 @@
+"""Growth chart and PDF report, checked as text (pdftotext) and as a picture (pdftoppm)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import cv2
+import numpy as np
+
+from boneage_infer import report
+
+
+def test_growth_chart_is_a_picture_with_the_point(predictor, radiograph):
+    reading = predictor.predict(radiograph, "F", 120)
+    chart = report.growth_chart(reading)
+    assert chart.ndim == 3 and chart.shape[2] == 3 and chart.shape[0] > 300
+    without_age = report.growth_chart(predictor.predict(radiograph, "F"))
+    assert not np.array_equal(chart, without_age)
+
+
+def test_pdf_report_shows_the_reading(predictor, radiograph, tmp_path):
+    prepared = predictor.prepare(radiograph)
+    reading = predictor.predict_prepared(prepared, "M", "11y2m")
+    pdf = report.pdf_report(
+        reading, prepared.enhanced, predictor.heatmap_overlay(prepared, "M"), tmp_path / "r.pdf"
+    )
+    text = subprocess.run(
+        ["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True
+    ).stdout
+    assert f"{reading.bone_age_months:.1f} months" in text
+    assert f"{reading.interval_90[0]:.1f} - {reading.interval_90[1]:.1f} months" in text
+    assert "134.0 months" in text  # 11 y 2 m
+    assert f"{reading.gap_months:+.1f} months" in text
+    assert f"{reading.z_score:+.2f}" in text and reading.call in text and reading.stage in text
+    assert reading.model_version in text
+    assert "Research use only, not a medical device" in text
+    assert "Patient" not in text
+    subprocess.run(
+        ["pdftoppm", "-png", "-r", "40", "-singlefile", str(pdf), str(tmp_path / "page")], check=True
+    )
+    page = cv2.imread(str(tmp_path / "page.png"))
+    assert page is not None and page.shape[0] > page.shape[1]  # A4 portrait
+    assert page.std() > 20  # images and chart were drawn, not a blank page
+    colourful = np.abs(page[..., 2].astype(int) - page[..., 0]).mean()
+    assert colourful > 2  # the heatmap and chart are in colour
+
+
+def test_pdf_report_prints_the_patient_only_when_asked(predictor, radiograph, tmp_path):
+    prepared = predictor.prepare(radiograph)
+    reading = predictor.predict_prepared(prepared, "F", 100)
+    pdf = report.pdf_report(
+        reading, prepared.enhanced, prepared.enhanced, tmp_path / "p.pdf", patient="Case 42"
+    )
+    text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    assert "Patient: Case 42" in text

@@ -1,0 +1,149 @@
+"""A reading a clinician can trust: heatmap, interval, quality gate, unknown sex, stage, DICOM metadata."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from conftest import DATA, run_cli
+from nonhand import non_hand_images
+from synth import grey, to_16bit, write_dicom
+
+from boneage_infer import data
+from boneage_infer.predictor import RejectedImage
+from boneage_infer.weights import BUNDLED_WEIGHTS
+
+
+def hand_mask(enhanced: np.ndarray) -> np.ndarray:
+    """A simple threshold mask of the hand (Otsu on the blurred radiograph)."""
+    blurred = cv2.GaussianBlur(enhanced, (9, 9), 0)
+    _, mask = cv2.threshold(blurred, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return mask.astype(bool)
+
+
+def test_heatmap_heat_lies_on_the_hand(predictor, radiographs):
+    inside_more = 0
+    for path in radiographs:
+        prepared = predictor.prepare(path)
+        heat = cv2.resize(predictor.heatmap(prepared, "F"), prepared.enhanced.shape[::-1])
+        mask = hand_mask(prepared.enhanced)
+        assert 0 <= heat.min() and heat.max() == pytest.approx(1.0, abs=0.01)
+        inside_more += heat[mask].mean() > heat[~mask].mean()
+        overlay = predictor.heatmap_overlay(prepared, "F")
+        assert overlay.shape == (*prepared.enhanced.shape, 3) and overlay.dtype == np.uint8
+    assert inside_more >= len(radiographs) - 1
+
+
+def test_cli_writes_heatmaps_and_carries_interval_and_quality(radiographs, tmp_path):
+    result = run_cli(
+        "predict", *map(str, radiographs[:2]), "--sex", "F", "--json", "--heatmap", str(tmp_path)
+    )
+    assert result.returncode == 0, result.stderr
+    for line, path in zip(result.stdout.splitlines(), radiographs[:2]):
+        reading = json.loads(line)
+        low, high = reading["interval_90"]
+        assert low < reading["bone_age_months"] < high
+        assert (
+            reading["quality"] == {"accepted": True, "reason": "usable hand radiograph"}
+            or reading["quality"]["accepted"]
+        )
+        heatmap = cv2.imread(reading["heatmap"])
+        assert heatmap.shape[:2] == (299, 299) and reading["heatmap"].endswith(f"{path.stem}_heatmap.png")
+
+
+def test_interval_is_calibrated_on_val():
+    calibration = json.loads((BUNDLED_WEIGHTS / "calibration.json").read_text())
+    assert 0.85 <= calibration["interval_90_val_coverage"] <= 0.95
+    assert calibration["interval_90_mean_width_months"] == pytest.approx(
+        2 * calibration["interval_90_half_width_months"]
+    )
+
+
+def test_quality_gate_accepts_val_radiographs(predictor):
+    val = data.load_split(DATA, "val")
+    results = predictor.predict_batch(val.paths, ["M" if m else "F" for m in val.male], batch_size=32)
+    rejected = [r for r in results if isinstance(r, Exception)]
+    assert all(isinstance(r, RejectedImage) for r in rejected)
+    assert 1 - len(rejected) / len(val) >= 0.995
+
+
+def test_quality_gate_rejects_non_hand_images(predictor):
+    images = non_hand_images()
+    accepted = [
+        name
+        for name, result in zip(images, predictor.predict_batch(list(images.values()), ["F"] * len(images)))
+        if not isinstance(result, Exception)
+    ]
+    assert len(images) >= 35
+    assert 1 - len(accepted) / len(images) >= 0.95, accepted
+
+
+def test_rejected_image_gets_no_bone_age_in_the_cli(tmp_path):
+    path = tmp_path / "noise.png"
+    path.write_bytes(non_hand_images()["gaussian-noise"])
+    result = run_cli("predict", str(path), "--sex", "F", "--json")
+    assert result.returncode == 1
+    row = json.loads(result.stdout)
+    assert row["quality"]["accepted"] is False and "noise" in row["quality"]["reason"]
+    assert "bone_age_months" not in row
+
+
+def test_unknown_sex_reads_both_and_says_so(predictor, radiograph):
+    reading = predictor.predict(radiograph, "U", 120)
+    assert reading.sex == "U" and set(reading.bone_age_by_sex) == {"F", "M"}
+    assert reading.bone_age_months == pytest.approx(np.mean(list(reading.bone_age_by_sex.values())), abs=0.01)
+    assert reading.z_score is None
+    assert any("Sex unknown" in w for w in reading.warnings)
+    girl = predictor.predict(radiograph, "F", 120)
+    assert reading.bone_age_by_sex["F"] == pytest.approx(girl.bone_age_months, abs=0.01)
+
+
+def test_stage_is_given_with_the_number(predictor, radiograph):
+    reading = predictor.predict(radiograph, "M")
+    assert reading.stage in (
+        "infancy",
+        "toddler",
+        "pre-puberty",
+        "early/mid puberty",
+        "late puberty",
+        "post-puberty",
+    )
+
+
+def test_dicom_metadata_prefills_sex_and_age_and_flips_a_right_hand(predictor, radiograph, tmp_path):
+    pixels16 = to_16bit(grey(radiograph))
+    left = write_dicom(
+        pixels16,
+        tmp_path / "left.dcm",
+        PatientSex="F",
+        PatientBirthDate="20140310",
+        StudyDate="20240910",
+        PatientName="Doe^Jane",
+        PatientID="SECRET-123",
+        ImageLaterality="L",
+    )
+    right = write_dicom(
+        pixels16[:, ::-1],
+        tmp_path / "right.dcm",
+        PatientSex="F",
+        PatientBirthDate="20140310",
+        StudyDate="20240910",
+        PatientName="Doe^Jane",
+        PatientID="SECRET-123",
+        ImageLaterality="R",
+    )
+    a = predictor.predict(left, None)
+    assert a.sex == "F" and a.chronological_age_months == pytest.approx(126)
+    assert any("DICOM header" in w for w in a.warnings)
+    b = predictor.predict(right, None)
+    assert b.bone_age_months == pytest.approx(a.bone_age_months, abs=0.5)
+    assert any("right hand" in w for w in b.warnings)
+    overridden = predictor.predict(left, "M", "10y")
+    assert overridden.sex == "M" and overridden.chronological_age_months == 120
+    text = json.dumps(a.to_dict()) + json.dumps(b.to_dict())
+    assert "Doe" not in text and "SECRET" not in text
+    result = run_cli("predict", str(left), "--json")
+    assert result.returncode == 0 and "Doe" not in result.stdout + result.stderr
+    assert "SECRET" not in result.stdout + result.stderr
