@@ -265,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--held-out-n", type=int, default=1500, help="other train radiographs that set the gate's limits"
     )
+    p.add_argument(
+        "--recompute-bn", action="store_true", help="first recompute BatchNorm statistics (precise BN)"
+    )
     p.set_defaults(run=_calibrate)
 
     args = parser.parse_args(argv)

@@ -2,6 +2,7 @@
 
 ``python -m boneage_infer calibrate --data ../shared/data/rsna-boneage --weights weights/``
 
+* BatchNorm (``--recompute-bn``): statistics recomputed on clean train radiographs.
 * Interval: split-conformal. The half-width is the 90th percentile of |error| of the
   test-time-augmented reading on the val split (as the training issue asks), so about
   90% of val cases fall inside; coverage and width are written to calibration.json.
@@ -22,7 +23,8 @@ from .metrics import regression_metrics
 from .predictor import BoneAgePredictor
 from .preprocessing import ImageError
 from .quality import NoveltyModel
-from .weights import CALIBRATION_FILE, MANIFEST_FILE, NOVELTY_FILE, write_manifest
+from .train import BN_IMAGES, recompute_batchnorm
+from .weights import CALIBRATION_FILE, MANIFEST_FILE, NOVELTY_FILE, load_model, save_weights, write_manifest
 
 
 def _features_and_months(predictor: BoneAgePredictor, cases: data.Cases, batch_size: int = 32):
@@ -44,17 +46,27 @@ def _features_and_months(predictor: BoneAgePredictor, cases: data.Cases, batch_s
 
 
 def calibrate(
-    data_root: Path, weights: Path, fit_n: int = 3000, held_out_n: int = 1500, seed: int = 0
+    data_root: Path,
+    weights: Path,
+    fit_n: int = 3000,
+    held_out_n: int = 1500,
+    recompute_bn: bool = False,
+    seed: int = 0,
 ) -> dict:
+    """Calibrate the weights folder in place and rewrite its manifest; returns the summary."""
     folder = Path(weights)
     for name in (CALIBRATION_FILE, NOVELTY_FILE):  # calibrate the bare model
         (folder / name).unlink(missing_ok=True)
     version = json.loads((folder / MANIFEST_FILE).read_text())["version"]
     write_manifest(folder, version)
-    predictor = BoneAgePredictor(folder)
-
     train = data.load_split(data_root, "train")
     order = np.random.default_rng(seed).permutation(len(train))
+    if recompute_bn:
+        model, config, _ = load_model(folder)
+        subset = train.subset(np.isin(np.arange(len(train)), order[: BN_IMAGES * 2]))
+        recompute_batchnorm(model, data.enhanced_images(subset), subset.male, config.input_size)
+        save_weights(model, config, folder, version)
+    predictor = BoneAgePredictor(folder)
     _, fit_features, _ = _features_and_months(
         predictor, train.subset(np.isin(np.arange(len(train)), order[:fit_n]))
     )

@@ -5,8 +5,10 @@
 Images are decoded and CLAHE-enhanced once by ``preprocessing`` (cached as uint8),
 then augmented on the fly (flip, rotation, zoom, shift, brightness, contrast),
 resized to the stage's input size and scaled exactly as at inference.
-Every epoch writes ``last/`` and, when val MAE improves, ``best/`` (each a complete
-weights folder), a row of ``log.csv`` and ``learning_curve.png``.
+After every epoch the BatchNorm statistics are recomputed on clean radiographs (precise
+BN: the moving averages lag behind at high learning rates and mislead inference), then
+``last/`` and, when val MAE improves, ``best/`` are written (each a complete weights
+folder), with a row of ``log.csv`` and ``learning_curve.png``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import numpy as np
 from . import data, metrics, preprocessing
 from .model import AGE_GROUP_EDGES_MONTHS, MODELS, ModelConfig, build_model
 from .weights import CONFIG_FILE, WEIGHTS_FILE, save_weights
+
+BN_IMAGES = 1024  # clean train radiographs for the BatchNorm statistics after each epoch
 
 
 def parse_stages(text: str) -> list[tuple[int, int]]:
@@ -88,6 +92,28 @@ def predict_months(model, config: ModelConfig, enhanced: np.ndarray, male: np.nd
     return np.concatenate(out)
 
 
+def recompute_batchnorm(
+    model, enhanced: np.ndarray, male: np.ndarray, size: int, batch_size: int = 32
+) -> None:
+    """Precise BN (Wu & Johnson 2021): set every BatchNorm's moving mean/variance to the
+    average over clean, un-augmented radiographs, replacing the lagging moving averages.
+    """
+    from keras import layers
+
+    norms = [layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
+    saved = [layer.momentum for layer in norms]
+    sex = male.astype(np.float32)[:, None]
+    for step, start in enumerate(range(0, len(enhanced) - batch_size + 1, batch_size)):
+        for layer in norms:  # cumulative average: moving = (step * moving + batch) / (step + 1)
+            layer.momentum = step / (step + 1)
+        images = np.stack(
+            [preprocessing.to_model_input(e, size) for e in enhanced[start : start + batch_size]]
+        )
+        model({"image": images, "sex": sex[start : start + batch_size]}, training=True)
+    for layer, momentum in zip(norms, saved):
+        layer.momentum = momentum
+
+
 def _plot_curve(log_rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -146,6 +172,7 @@ def train(
     cache = out.parent / "cache" if limit is None else None
     train_images = data.enhanced_images(train_cases, cache)
     val_images = data.enhanced_images(val_cases, cache)
+    bn_index = np.random.default_rng(seed).permutation(len(train_cases))[:BN_IMAGES]
 
     if resume:
         config = ModelConfig.load(Path(resume) / CONFIG_FILE)
@@ -198,6 +225,7 @@ def train(
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
             serving = replace(config, input_size=self.size)
+            recompute_batchnorm(self.model, train_images[bn_index], train_cases.male[bn_index], self.size)
             predicted = predict_months(self.model, serving, val_images, val_cases.male)
             result = metrics.regression_metrics(predicted, val_cases.bone_age_months, val_cases.male)
             row = {
