@@ -106,7 +106,9 @@ def build_app(predictor: BoneAgePredictor) -> gr.Blocks:
         )
         with gr.Row():
             with gr.Column():
-                radiograph = gr.File(label="Hand radiograph (PNG, JPEG or DICOM)", type="filepath")
+                radiograph = gr.File(
+                    label="Hand radiograph (PNG, JPEG or DICOM)", type="filepath", elem_id="radiograph"
+                )
                 sex = gr.Radio(SEX_CHOICES, label="Sex")
                 age = gr.Textbox(
                     label="Chronological age",
@@ -125,9 +127,15 @@ def build_app(predictor: BoneAgePredictor) -> gr.Blocks:
                 pdf = gr.File(label="PDF report", elem_id="report")
                 model_info = gr.Markdown()
         with gr.Row():
-            enhanced = gr.Image(label="Image as the model saw it (CLAHE)", type="numpy", format="png")
-            heatmap = gr.Image(label="Grad-CAM: where the model looked", type="numpy", format="png")
-            chart = gr.Image(label="Growth chart (Greulich & Pyle ±2 SD)", type="numpy", format="png")
+            enhanced = gr.Image(
+                label="Image as the model saw it (CLAHE)", type="numpy", format="png", elem_id="enhanced"
+            )
+            heatmap = gr.Image(
+                label="Grad-CAM: where the model looked", type="numpy", format="png", elem_id="heatmap"
+            )
+            chart = gr.Image(
+                label="Growth chart (Greulich & Pyle ±2 SD)", type="numpy", format="png", elem_id="chart"
+            )
         details = gr.JSON(label="Full reading")
         inputs = [radiograph, sex, age, birth_date, exam_date, patient]
         outputs = [bone_age, gap, z_score, stage, enhanced, heatmap, chart, pdf, details, model_info]
