@@ -121,10 +121,6 @@ class BoneAgePredictor:
         features = np.asarray(both["features"], np.float64)[: len(images)]
         return self.config.target_mean_months + self.config.target_std_months * z, features
 
-    def bone_age(self, images: np.ndarray, male) -> np.ndarray:
-        """Bone age in months for a batch of model inputs and sexes (True = male)."""
-        return self.infer(images, male)[0]
-
     def heatmap(self, image: PreparedImage, sex: str) -> np.ndarray:
         """Grad-CAM heatmap in [0, 1] at the model input size."""
         if self._cam_model is None:

@@ -114,26 +114,15 @@ def test_stage_is_given_with_the_number(predictor, radiograph):
 
 def test_dicom_metadata_prefills_sex_and_age_and_flips_a_right_hand(predictor, radiograph, tmp_path):
     pixels16 = to_16bit(grey(radiograph))
-    left = write_dicom(
-        pixels16,
-        tmp_path / "left.dcm",
+    patient = dict(
         PatientSex="F",
         PatientBirthDate="20140310",
         StudyDate="20240910",
         PatientName="Doe^Jane",
         PatientID="SECRET-123",
-        ImageLaterality="L",
     )
-    right = write_dicom(
-        pixels16[:, ::-1],
-        tmp_path / "right.dcm",
-        PatientSex="F",
-        PatientBirthDate="20140310",
-        StudyDate="20240910",
-        PatientName="Doe^Jane",
-        PatientID="SECRET-123",
-        ImageLaterality="R",
-    )
+    left = write_dicom(pixels16, tmp_path / "left.dcm", ImageLaterality="L", **patient)
+    right = write_dicom(pixels16[:, ::-1], tmp_path / "right.dcm", ImageLaterality="R", **patient)
     a = predictor.predict(left, None)
     assert a.sex == "F" and a.chronological_age_months == pytest.approx(126)
     assert any("DICOM header" in w for w in a.warnings)
