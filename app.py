@@ -13,7 +13,7 @@ from pathlib import Path
 import gradio as gr
 
 from boneage_infer import clinical, report
-from boneage_infer.data import example_cases
+from boneage_infer.data import ExampleCase, example_cases
 from boneage_infer.predictor import BoneAgePredictor
 from boneage_infer.preprocessing import MAX_FILE_BYTES, ImageError, read_radiograph
 
@@ -96,7 +96,7 @@ def dicom_defaults(radiograph: str | None):
     )
 
 
-def build_app(predictor: BoneAgePredictor) -> gr.Blocks:
+def build_app(predictor: BoneAgePredictor, examples: list[ExampleCase]) -> gr.Blocks:
     with gr.Blocks(title="Bone age assessment") as demo:
         gr.Markdown(
             "# Bone age from a hand radiograph\n"
@@ -141,7 +141,6 @@ def build_app(predictor: BoneAgePredictor) -> gr.Blocks:
         outputs = [bone_age, gap, z_score, stage, enhanced, heatmap, chart, pdf, details, model_info]
         button.click(make_predict(predictor), inputs, outputs, api_name="predict")
         radiograph.upload(dicom_defaults, radiograph, [sex, birth_date, exam_date], api_visibility="private")
-        examples = example_cases()
         if examples:
             gr.Examples(
                 [[str(c.path), c.sex, f"{c.chronological_age_months:g}"] for c in examples],
@@ -153,13 +152,14 @@ def build_app(predictor: BoneAgePredictor) -> gr.Blocks:
 
 def main() -> None:
     predictor = BoneAgePredictor()
-    demo = build_app(predictor)
+    examples = example_cases()
+    demo = build_app(predictor, examples)
     demo.queue(default_concurrency_limit=2).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
         max_file_size=MAX_FILE_BYTES,
         show_error=True,
-        allowed_paths=sorted({str(c.path.parent) for c in example_cases()}),
+        allowed_paths=sorted({str(c.path.parent) for c in examples}),
     )
 
 

@@ -16,7 +16,7 @@ REPO = "boneage/xception-rsna"
 
 def test_bundled_weights_match_their_manifest():
     manifest = verify(BUNDLED_WEIGHTS)
-    assert set(manifest["files"]) == {"config.json", "model.weights.h5"}
+    assert set(manifest["files"]) == {"config.json", "model.weights.h5", "calibration.json", "novelty.npz"}
     assert manifest["version"]
 
 
@@ -28,8 +28,9 @@ def weights_copy(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["flip-byte", "truncate", "delete", "wrong-file"])
-def test_damaged_weights_are_rejected(weights_copy, damage):
-    target = weights_copy / "model.weights.h5"
+@pytest.mark.parametrize("name", ["model.weights.h5", "novelty.npz"])
+def test_damaged_weights_are_rejected(weights_copy, damage, name):
+    target = weights_copy / name
     data = target.read_bytes()
     if damage == "flip-byte":
         target.write_bytes(data[:5000] + bytes([data[5000] ^ 0xFF]) + data[5001:])
@@ -72,7 +73,7 @@ def test_hub_download_then_offline_fallback(weights_copy, tmp_path, radiograph):
         reading = json.loads(online.stdout.splitlines()[-1])
         assert reading["model_version"] == "served-by-local-hub"
         fetched = {r.split()[1].rsplit("/", 1)[-1] for r in hub.requests if r.startswith("GET")}
-        assert fetched == {"manifest.json", "config.json", "model.weights.h5"}
+        assert fetched == {"manifest.json", *manifest["files"]}
     cached = list(
         (tmp_path / "hf-home" / "hub").glob("models--boneage--xception-rsna/snapshots/*/model.weights.h5")
     )
