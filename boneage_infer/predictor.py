@@ -95,7 +95,7 @@ class BoneAgePredictor:
             {"bone_age_z": self.model.output["bone_age_z"], "features": self.model.get_layer("pool").output},
         )
         self._forward = tf.function(lambda inputs: serving(inputs, training=False), reduce_retracing=True)
-        self._cam_model = None
+        self._cam_model = explain.grad_cam_model(self.model)
 
     # -- images ---------------------------------------------------------------------------
     def prepare(self, source: str | Path | bytes) -> PreparedImage:
@@ -123,8 +123,6 @@ class BoneAgePredictor:
 
     def heatmap(self, image: PreparedImage, sex: str) -> np.ndarray:
         """Grad-CAM heatmap in [0, 1] at the model input size."""
-        if self._cam_model is None:
-            self._cam_model = explain.grad_cam_model(self.model)
         return explain.grad_cam(self._cam_model, image.model_input, sex == "M")
 
     def heatmap_overlay(self, image: PreparedImage, sex: str) -> np.ndarray:

@@ -16,12 +16,10 @@ DISCLAIMER = "Research use only, not a medical device."
 
 def growth_chart(reading, dpi: int = 110) -> np.ndarray:
     """Bone age against chronological age with the G&P ±2 SD band for the sex; RGB uint8."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: safe in the app's worker threads
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.2, 4.2), dpi=dpi)
+    fig = Figure(figsize=(5.2, 4.2), dpi=dpi)
+    ax = fig.add_subplot()
     sexes = ("F", "M") if reading.sex not in clinical.SEXES else (reading.sex,)
     for sex, colour in zip(sexes, ("tab:red", "tab:blue") if len(sexes) == 2 else ("tab:green",)):
         ages = np.linspace(clinical.ATLAS_MIN_MONTHS, clinical.ATLAS_MAX_MONTHS[sex], 200)
@@ -61,7 +59,6 @@ def growth_chart(reading, dpi: int = 110) -> np.ndarray:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    plt.close(fig)
     return cv2.cvtColor(
         cv2.imdecode(np.frombuffer(buffer.getvalue(), np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB
     )
