@@ -177,9 +177,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     from .calibrate import calibrate
 
-    print(
-        json.dumps(calibrate(args.data, args.weights, fit_n=args.fit_n, held_out_n=args.held_out_n), indent=2)
+    summary = calibrate(
+        args.data, args.weights, fit_n=args.fit_n, held_out_n=args.held_out_n, recompute_bn=args.recompute_bn
     )
+    print(json.dumps(summary, indent=2))
     return 0
 
 

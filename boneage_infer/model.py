@@ -96,6 +96,11 @@ def xception_backbone(image, config: ModelConfig):
     return layers.Activation("relu", name="last_conv")(x)  # Grad-CAM target
 
 
+def feature_layer(config: ModelConfig) -> str:
+    """The block whose pooled output describes what an image looks like (for the quality gate)."""
+    return f"middle{config.middle_blocks - 1}_add" if config.middle_blocks else "entry5_add"
+
+
 def build_model(config: ModelConfig) -> keras.Model:
     """Build the multi-input network (inputs ``image`` and ``sex``; 1 = male).
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import clinical, explain, preprocessing, quality
+from .model import feature_layer
 from .preprocessing import ImageError, Radiograph
 from .weights import CALIBRATION_FILE, NOVELTY_FILE, load_model, resolve_weights
 
@@ -90,9 +91,11 @@ class BoneAgePredictor:
         self.novelty = (
             quality.NoveltyModel.load(folder / NOVELTY_FILE) if (folder / NOVELTY_FILE).is_file() else None
         )
+        features = keras.layers.GlobalAveragePooling2D()(
+            self.model.get_layer(feature_layer(self.config)).output
+        )
         serving = keras.Model(
-            self.model.inputs,
-            {"bone_age_z": self.model.output["bone_age_z"], "features": self.model.get_layer("pool").output},
+            self.model.inputs, {"bone_age_z": self.model.output["bone_age_z"], "features": features}
         )
         self._forward = tf.function(lambda inputs: serving(inputs, training=False), reduce_retracing=True)
         self._cam_model = explain.grad_cam_model(self.model)
@@ -111,7 +114,7 @@ class BoneAgePredictor:
         return PreparedImage(radiograph, enhanced, model_input, verdict)
 
     def infer(self, images: np.ndarray, male) -> tuple[np.ndarray, np.ndarray]:
-        """Bone age in months (mean over the image and its mirror) and pooled features."""
+        """Bone age in months (mean over the image and its mirror) and the features for the quality gate."""
         images = np.asarray(images, np.float32)
         sex = np.asarray(male, np.float32).reshape(-1, 1)
         both = self._forward(

@@ -5,8 +5,9 @@ Two layers:
 * image statistics on the decoded image: colour photographs, blank/uniform images,
   pure noise, bright document-like images (text, screenshots) are rejected; low
   contrast and a hand touching the image edges give warnings;
-* a novelty test on the network's own features (``NoveltyModel``): a whitened PCA of
-  the pooled features of RSNA training radiographs; images far from them (other
+* a novelty test on the network's own mid-level features (``NoveltyModel``, on the
+  pooled output of the last middle-flow block): a whitened PCA of those features of
+  RSNA training radiographs; images far from them (other
   body parts, natural images) are rejected. Its thresholds are set on held-out
   training radiographs (``python -m boneage_infer calibrate``).
 """
@@ -25,7 +26,9 @@ MAX_COLOURFULNESS = 15.0
 MIN_STD = 4.0
 MIN_NEIGHBOUR_CORRELATION = 0.5
 MAX_BRIGHT_FRACTION = 0.5
-LAPLACIAN_RANGE = (0.75, 14.0)  # mean |Laplacian| at 299 px; RSNA val spans 0.79-10.5
+MIN_GREY_LEVELS = 12  # levels holding 99% of pixels; RSNA val has 23 or more
+MAX_LAPLACIAN = 14.0  # mean |Laplacian| at 299 px; RSNA val spans 0.79-10.5
+MIN_EDGE = 110.0  # 99.9th percentile of the Sobel gradient at 299 px; RSNA val has 164 or more
 LOW_CONTRAST_LEVELS = 48
 LOW_CONTRAST_STD = 11.0
 
@@ -51,11 +54,16 @@ def image_checks(radiograph: Radiograph) -> Quality:
     correlation = np.corrcoef(values[:, :-1].ravel(), values[:, 1:].ravel())[0, 1]
     if not correlation > MIN_NEIGHBOUR_CORRELATION:
         return Quality(False, "noise with no structure, not a radiograph")
+    counts = np.sort(np.bincount(radiograph.pixels.ravel(), minlength=256))[::-1]
+    levels = int(np.searchsorted(np.cumsum(counts) / counts.sum(), 0.99) + 1)
+    if levels < MIN_GREY_LEVELS:
+        return Quality(False, f"a drawing or binary image ({levels} grey levels), not a radiograph")
     detail = float(np.abs(cv2.Laplacian(values.astype(np.float32), cv2.CV_32F)).mean())
-    if detail > LAPLACIAN_RANGE[1]:
+    if detail > MAX_LAPLACIAN:
         return Quality(False, "fine texture or noise everywhere (a photograph, document or screenshot?)")
-    if detail < LAPLACIAN_RANGE[0]:
-        return Quality(False, "a smooth image with no bone structure")
+    gradient = np.hypot(cv2.Sobel(values, cv2.CV_64F, 1, 0), cv2.Sobel(values, cv2.CV_64F, 0, 1))
+    if np.percentile(gradient, 99.9) < MIN_EDGE:
+        return Quality(False, "no sharp edges anywhere (blurred, or not a radiograph?)")
     if (grey > 200).mean() > MAX_BRIGHT_FRACTION:
         return Quality(
             False, "mostly bright (a document, screenshot or inverted image?), not a hand radiograph"
