@@ -67,7 +67,8 @@ def main() -> None:
     cases = data.load_split(root, "val")
     paths = cases.paths[: args.n]
     predictor = BoneAgePredictor()
-    predictor.predict(paths[0], "F")  # warm-up (graph trace)
+    predictor.predict(paths[0], "F")  # warm-up: trace the graph for batch 1 ...
+    predictor.predict_batch(paths[:8], ["F"] * 8, batch_size=8)  # ... and for batch 8
     latencies = []
     for path in paths:
         started = time.perf_counter()
