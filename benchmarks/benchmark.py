@@ -65,10 +65,12 @@ def main() -> None:
     if root is None:
         sys.exit("The RSNA data are needed (BONEAGE_DATA_DIR or ../shared/data/rsna-boneage).")
     cases = data.load_split(root, "val")
-    paths = cases.paths[: args.n]
     predictor = BoneAgePredictor()
-    predictor.predict(paths[0], "F")  # warm-up: trace the graph for batch 1 ...
-    predictor.predict_batch(paths[:8], ["F"] * 8, batch_size=8)  # ... and for batch 8
+    # warm-up (traces the batch-8 graph) and keep the radiographs the quality gate accepts
+    candidates = cases.paths[: args.n + 8]
+    readings = predictor.predict_batch(candidates, ["F"] * len(candidates), batch_size=8)
+    paths = [p for p, r in zip(candidates, readings) if not isinstance(r, Exception)][: args.n]
+    predictor.predict(paths[0], "F")  # traces the batch-1 graph
     latencies = []
     for path in paths:
         started = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from gradio_client import Client, handle_file
+from PIL import Image
 
 UPLOAD_LIMIT_MB = 2  # conftest starts the app with BONEAGE_MAX_UPLOAD_MB=2
 
@@ -14,12 +15,16 @@ def client(app_url):
 
 
 def predict(client, path, sex="F", age="118", birth="", exam=""):
-    return client.predict(handle_file(str(path)), sex, age, birth, exam, api_name="/predict")
+    return client.predict(handle_file(str(path)), sex, age, birth, exam, "", api_name="/predict")
 
 
 def test_reading_over_the_api(client, radiograph):
-    bone_age, gap, z_score, stage, image, details, model_info = predict(client, radiograph, "F", "9y10m")
-    assert bone_age.endswith(f"months ({details['bone_age_text']})")
+    bone_age, gap, z_score, stage, image, heatmap, chart, pdf, details, model_info = predict(
+        client, radiograph, "F", "9y10m"
+    )
+    assert bone_age.startswith(f"{details['bone_age_months']:.1f} months ({details['bone_age_text']})")
+    low, high = details["interval_90"]
+    assert bone_age.endswith(f"90% interval {low:.1f}-{high:.1f}")
     assert details["chronological_age_months"] == 118
     assert gap.startswith(f"{details['gap_months']:+.1f} months")
     assert z_score.endswith(details["call"]) and details["call"] in (
@@ -28,12 +33,13 @@ def test_reading_over_the_api(client, radiograph):
         "advanced",
     )
     assert stage == details["stage"]
-    assert image.endswith(".png")
+    assert image.endswith(".png") and heatmap.endswith(".png") and chart.endswith(".png")
+    assert pdf.endswith("bone_age_report.pdf")
     assert details["device"] in model_info and "Research use only" in model_info
 
 
 def test_age_from_dates(client, radiograph):
-    details = predict(client, radiograph, "M", "", "2014-01-15", "2024-03-15")[5]
+    details = predict(client, radiograph, "M", "", "2014-01-15", "2024-03-15")[8]
     assert details["chronological_age_months"] == 122 and details["sex"] == "M"
 
 
@@ -44,6 +50,10 @@ def _bad_files(tmp_path, radiograph):
     empty.write_bytes(b"")
     truncated = tmp_path / "truncated.jpg"
     truncated.write_bytes(radiograph.read_bytes()[:3000])
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (10000, 10000)).save(bomb)
+    gif = tmp_path / "hand.gif"
+    Image.open(radiograph).save(gif)
     big = tmp_path / "big.png"
     big.write_bytes(b"\x89PNG" + bytes(UPLOAD_LIMIT_MB * 1024 * 1024 + 10))
     return {
@@ -51,6 +61,8 @@ def _bad_files(tmp_path, radiograph):
         "empty": (empty, "empty"),
         "truncated": (truncated, "truncated or corrupt"),
         "too big": (big, "size|large|exceed"),
+        "decompression bomb": (bomb, "over the limit"),
+        "unsupported format": (gif, "Unsupported image format GIF"),
     }
 
 
@@ -70,4 +82,4 @@ def test_bad_inputs_are_clear_errors_and_the_server_survives(client, radiograph,
         with pytest.raises(Exception, match=message):
             predict(client, radiograph, sex, age)
     # still serving after all that
-    assert predict(client, radiograph)[5]["bone_age_months"] > 0
+    assert predict(client, radiograph)[8]["bone_age_months"] > 0
