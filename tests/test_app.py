@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import skimage.data
 from gradio_client import Client, handle_file
 from PIL import Image
 
@@ -54,6 +55,8 @@ def _bad_files(tmp_path, radiograph):
     Image.new("1", (10000, 10000)).save(bomb)
     gif = tmp_path / "hand.gif"
     Image.open(radiograph).save(gif)
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(skimage.data.astronaut()).save(photo)
     big = tmp_path / "big.png"
     big.write_bytes(b"\x89PNG" + bytes(UPLOAD_LIMIT_MB * 1024 * 1024 + 10))
     return {
@@ -63,6 +66,7 @@ def _bad_files(tmp_path, radiograph):
         "too big": (big, "size|large|exceed"),
         "decompression bomb": (bomb, "over the limit"),
         "unsupported format": (gif, "Unsupported image format GIF"),
+        "a photograph": (photo, "Rejected: a colour image"),
     }
 
 

@@ -88,3 +88,11 @@ def test_evaluate_on_a_labelled_subset(val_cases, tmp_path):
     text = run_cli("evaluate", "--images", str(DATA / "images"), "--labels", str(labels_male))
     assert f"MAE    {summary['mae']:.2f} months" in text.stdout
     assert np.isfinite(summary["r2"])
+
+
+def test_unknown_sex_from_the_cli(radiograph):
+    result = run_cli("predict", str(radiograph), "--sex", "U", "--age", "120", "--json")
+    assert result.returncode == 0, result.stderr
+    reading = json.loads(result.stdout)
+    assert reading["sex"] == "U" and set(reading["bone_age_by_sex"]) == {"F", "M"}
+    assert reading["z_score"] is None and any("Sex unknown" in w for w in reading["warnings"])
