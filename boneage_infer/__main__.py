@@ -20,7 +20,7 @@ def _print_error(name: str, exc: Exception) -> None:
 
 def _cases_from_csv(path: Path, default_sex: str | None, default_age: str | None, images: Path | None):
     """Rows of a cases CSV: `file` (or `id` with --images) and optional `sex`, `age`."""
-    from .data import find_image
+    from .data import find_image, parse_male
 
     cases = []
     with open(path, newline="") as handle:
@@ -33,9 +33,7 @@ def _cases_from_csv(path: Path, default_sex: str | None, default_age: str | None
                 file = find_image(folder, row["id"]) or folder / f"{row['id']}.png"
             else:
                 raise ValueError(f"{path}: each row needs a 'file' or an 'id' column.")
-            sex = row.get("sex") or (
-                {"true": "M", "false": "F"}.get(str(row.get("male")).lower()) or default_sex
-            )
+            sex = row.get("sex") or (("M" if parse_male(row) else "F") if row.get("male") else default_sex)
             cases.append((file, sex, row.get("age") or row.get("chronological_age_months") or default_age))
     return cases
 
@@ -133,7 +131,7 @@ def _describe(row: dict) -> str:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .data import load_cases
+    from .data import load_cases, only_split
     from .metrics import regression_metrics
     from .predictor import BoneAgePredictor
     from .weights import WeightsError
@@ -141,9 +139,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     try:
         cases = load_cases(args.images, args.labels)
         if args.split:
-            with open(args.labels.parent / "splits.csv", newline="") as handle:
-                wanted = {r["id"] for r in csv.DictReader(handle) if r["split"] == args.split}
-            cases = cases.subset(np.isin(cases.ids, list(wanted)))
+            cases = only_split(cases, args.labels.parent / "splits.csv", args.split)
         if args.limit:
             cases = cases.subset(np.arange(len(cases)) < args.limit)
         predictor = BoneAgePredictor(args.weights)

@@ -88,12 +88,16 @@ def load_cases(images_dir: Path, labels_csv: Path) -> Cases:
     return Cases(ids, paths, np.array(ages, np.float32), np.array(male, bool))
 
 
+def only_split(cases: Cases, splits_csv: Path, split: str) -> Cases:
+    """The cases whose id has ``split`` (train/val) in a splits CSV (id, split)."""
+    with open(splits_csv, newline="") as handle:
+        wanted = {row["id"] for row in csv.DictReader(handle) if row["split"] == split}
+    return cases.subset(np.array([i in wanted for i in cases.ids]))
+
+
 def load_split(root: Path, split: str) -> Cases:
     """The ``train`` or ``val`` cases of the RSNA set at ``root``."""
-    with open(root / "splits.csv", newline="") as handle:
-        wanted = {row["id"] for row in csv.DictReader(handle) if row["split"] == split}
-    cases = load_cases(root / "images", root / "labels.csv")
-    return cases.subset(np.array([i in wanted for i in cases.ids]))
+    return only_split(load_cases(root / "images", root / "labels.csv"), root / "splits.csv", split)
 
 
 def _enhance_file(path: Path) -> np.ndarray:
