@@ -204,7 +204,7 @@ def train(
         decay_steps=total_steps,
         alpha=0.01,
         warmup_target=learning_rate,
-        warmup_steps=min(steps_per_epoch // 2, total_steps // 10) if not resume else 1,
+        warmup_steps=min(steps_per_epoch // 2, total_steps // 10),  # also on resume: Adam starts afresh
     )
     model.compile(
         optimizer=keras.optimizers.Adam(schedule),

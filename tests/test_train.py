@@ -22,17 +22,20 @@ def test_short_training_run_learns_and_checkpoints_reload(tmp_path):
         DATA,
         out,
         model_name="xception-tiny",
-        stages="96:4",
+        stages="96:6",
         batch_size=8,
-        learning_rate=3e-3,
-        limit=48,
+        learning_rate=1e-3,
+        limit=64,
         mixed_precision=False,
         verbose=0,
     )
     log = list(csv.DictReader(open(out / "log.csv")))
-    assert len(log) == 4
+    assert len(log) == 6
+    # 48 steps: single epochs are noisy (augmentation, 8 batches), so compare the last two
+    # epochs' mean loss with the first epoch's (margin ~0.12-0.16 over seeds 1-3 here)
     losses = [float(row["train_loss"]) for row in log]
-    assert losses[-1] < losses[0]
+    assert np.mean(losses[-2:]) < losses[0]
+    assert best["mae"] < float(log[0]["val_mae_months"])
     assert (out / "learning_curve.png").stat().st_size > 1000
     for folder in ("best", "last"):
         assert {p.name for p in (out / folder).iterdir()} >= {
@@ -42,7 +45,7 @@ def test_short_training_run_learns_and_checkpoints_reload(tmp_path):
         }
     # the checkpoint reloads to the same predictions the run measured
     val = data.load_split(DATA, "val")
-    val = val.subset(np.arange(len(val)) < 12)
+    val = val.subset(np.arange(len(val)) < best["n"])  # the run validates on val[:limit // 4]
     reloaded = BoneAgePredictor(out / "best")
     months = predict_months(reloaded.model, reloaded.config, data.enhanced_images(val), val.male)
     assert np.mean(np.abs(months - val.bone_age_months)) == pytest.approx(best["mae"], abs=1e-3)
