@@ -23,6 +23,8 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .clinical import age_between
+
 PREPROCESSING_VERSION = 2  # bump when the pixels reaching the model change (invalidates caches)
 CANONICAL_SIZE = 299
 CLAHE_CLIP_LIMIT = 2.0
@@ -50,6 +52,8 @@ class Radiograph:
     birth_date: date | None = None
     study_date: date | None = None
     laterality: str | None = None  # "L" / "R" from DICOM (Image)Laterality
+    modality: str | None = None  # DICOM Modality, e.g. "CR", "DX", "US"
+    body_part: str | None = None  # DICOM BodyPartExamined, e.g. "HAND"
     colourfulness: float = 0.0  # Hasler & Süsstrunk 2003; 0 for grey images
     original_levels: int = 256  # distinct grey levels spanned before stretching (contrast)
     notes: list[str] = field(default_factory=list)
@@ -172,18 +176,34 @@ def _decode_dicom(data: bytes) -> Radiograph:
     pixels = np.asarray(pixels, np.float64)
     if str(dataset.get("PhotometricInterpretation", "")) == "MONOCHROME1":
         pixels = pixels.max() + pixels.min() - pixels
-    sex = str(dataset.get("PatientSex", "")).strip().upper()
-    laterality = str(dataset.get("ImageLaterality", "") or dataset.get("Laterality", "")).strip()
-    return _radiograph(
+
+    def text(keyword: str) -> str | None:
+        return str(dataset.get(keyword, "") or "").strip().upper() or None
+
+    sex = text("PatientSex")
+    birth_date = _dicom_date(dataset.get("PatientBirthDate"))
+    study_date = _dicom_date(
+        dataset.get("StudyDate") or dataset.get("AcquisitionDate") or dataset.get("ContentDate")
+    )
+    notes = []
+    if birth_date and study_date:
+        try:
+            age_between(birth_date, study_date)
+        except ValueError as exc:
+            notes.append(f"DICOM birth and study dates ignored: {exc}")
+            birth_date = study_date = None
+    radiograph = _radiograph(
         pixels,
         "DICOM",
         sex=sex if sex in ("M", "F") else None,
-        birth_date=_dicom_date(dataset.get("PatientBirthDate")),
-        study_date=_dicom_date(
-            dataset.get("StudyDate") or dataset.get("AcquisitionDate") or dataset.get("ContentDate")
-        ),
-        laterality=laterality.upper() or None,
+        birth_date=birth_date,
+        study_date=study_date,
+        laterality=text("ImageLaterality") or text("Laterality"),
+        modality=text("Modality"),
+        body_part=text("BodyPartExamined"),
     )
+    radiograph.notes.extend(notes)
+    return radiograph
 
 
 def read_radiograph(source: str | Path | bytes) -> Radiograph:

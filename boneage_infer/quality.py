@@ -1,7 +1,9 @@
 """Is this a usable hand radiograph? Checks run before any bone age is given.
 
-Two layers:
+Three layers:
 
+* the DICOM header, when there is one: a modality other than a plain radiograph
+  (ultrasound, CT, MRI, ...) or a body part other than the hand/wrist is rejected;
 * image statistics on the decoded image: colour photographs, blank/uniform images,
   pure noise, bright document-like images (text, screenshots) are rejected; low
   contrast and a hand touching the image edges give warnings;
@@ -14,6 +16,7 @@ Two layers:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +35,21 @@ MIN_EDGE = 110.0  # 99.9th percentile of the Sobel gradient at 299 px; RSNA val 
 LOW_CONTRAST_LEVELS = 48
 LOW_CONTRAST_STD = 11.0
 
+# DICOM Modality (PS3.3 C.7.3.1.1.1): plain radiographs, and the codes scanned films are stored under
+RADIOGRAPH_MODALITIES = {"CR", "DX", "RG", "DR", "OT", "SC"}
+MODALITY_NAMES = {
+    "CT": "computed tomography", "MR": "MRI", "US": "ultrasound", "NM": "nuclear medicine", "PT": "PET",
+    "MG": "mammography", "XA": "angiography", "RF": "fluoroscopy", "IO": "intra-oral dental",
+    "PX": "panoramic dental", "XC": "camera photograph", "ES": "endoscopy", "OP": "ophthalmic photograph",
+}  # fmt: skip
+# BodyPartExamined defined terms (PS3.16 CID 4031) that are not the hand or wrist
+OTHER_BODY_PARTS = {
+    "ABDOMEN", "ANKLE", "BRAIN", "BREAST", "CHEST", "CLAVICLE", "COCCYX", "CSPINE", "ELBOW", "FEMUR",
+    "FOOT", "HEAD", "HEART", "HIP", "JAW", "KNEE", "LEG", "LSPINE", "NECK", "PELVIS", "SHOULDER",
+    "SKULL", "SPINE", "SSPINE", "THORAX", "TOE", "TSPINE", "BODY", "WHOLEBODY",
+}  # fmt: skip
+HAND_BODY_PARTS = {"HAND", "WRIST", "FINGER"}
+
 
 @dataclass
 class Quality:
@@ -43,8 +61,25 @@ class Quality:
         return {"accepted": self.accepted, "reason": self.reason}
 
 
+def header_checks(radiograph: Radiograph) -> Quality:
+    """Reject DICOM files whose header says they are not a plain radiograph of the hand."""
+    modality = radiograph.modality
+    if modality and modality not in RADIOGRAPH_MODALITIES:
+        name = MODALITY_NAMES.get(modality, "not a plain radiograph")
+        return Quality(False, f"the DICOM modality is {modality} ({name}); a hand radiograph is needed")
+    words = set(re.findall(r"[A-Z]+", radiograph.body_part or ""))
+    if words & OTHER_BODY_PARTS and not words & HAND_BODY_PARTS:
+        return Quality(
+            False, f"the DICOM body part is {radiograph.body_part}; a radiograph of the hand is needed"
+        )
+    return Quality(True, "usable hand radiograph")
+
+
 def image_checks(radiograph: Radiograph) -> Quality:
     """Reject images that cannot be hand radiographs; warn on usable but weak ones."""
+    header = header_checks(radiograph)
+    if not header.accepted:
+        return header
     if radiograph.colourfulness > MAX_COLOURFULNESS:
         return Quality(False, "a colour image (photograph?), not a radiograph")
     grey = cv2.resize(radiograph.pixels, (CANONICAL_SIZE, CANONICAL_SIZE), interpolation=cv2.INTER_AREA)

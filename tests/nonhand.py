@@ -1,10 +1,15 @@
-"""A set of images that are not hand radiographs: scikit-image's sample data plus synthetic ones."""
+"""Images that are not hand radiographs: scikit-image's sample data, other modalities' and body
+parts' medical images that pydicom and matplotlib ship, and synthetic images."""
 
 from __future__ import annotations
 
+import gzip
 import io
+from pathlib import Path
 
+import matplotlib
 import numpy as np
+import pydicom
 import skimage.data
 from PIL import Image, ImageDraw, ImageFont
 
@@ -14,6 +19,12 @@ SKIMAGE_SAMPLES = [
     "immunohistochemistry", "logo", "microaneurysms", "moon", "page", "retina", "rocket",
     "shepp_logan_phantom", "text",
 ]  # fmt: skip
+
+
+# pydicom's test files: real CT, MRI (abdomen), ultrasound (obstetric), nuclear medicine (whole
+# body) and an OT-labelled 512x512 slice
+PYDICOM_FILES = ["CT_small.dcm", "693_J2KI.dcm", "examples_overlay.dcm", "examples_palette.dcm",
+                 "examples_jpeg2k.dcm", "JPEG2000.dcm", "image_dfl.dcm"]  # fmt: skip
 
 
 def _uint8(image: np.ndarray) -> np.ndarray:
@@ -79,8 +90,28 @@ def _synthetic(rng: np.random.Generator) -> dict[str, bytes]:
     }
 
 
+def other_modality_dicoms() -> dict[str, bytes]:
+    """name -> DICOM bytes, as a scanner would send them (headers included)."""
+    folder = Path(pydicom.__file__).parent / "data" / "test_files"
+    return {name: (folder / name).read_bytes() for name in PYDICOM_FILES}
+
+
+def _other_modality_pictures() -> dict[str, bytes]:
+    """The same pixels as plain PNGs (no header to help), plus matplotlib's brain MRI."""
+    from boneage_infer.preprocessing import read_radiograph
+
+    dicoms = other_modality_dicoms()
+    images = {f"{name}.png": _png(read_radiograph(data).pixels) for name, data in dicoms.items()}
+    sample = Path(matplotlib.get_data_path()) / "sample_data" / "s1045.ima.gz"
+    mri = np.frombuffer(gzip.decompress(sample.read_bytes()), np.uint16).reshape(256, 256).astype(float)
+    images["brain-mri.png"] = _png(np.uint8(255 * np.clip(mri / np.percentile(mri, 99.5), 0, 1)))
+    return images
+
+
 def non_hand_images() -> dict[str, bytes]:
-    """name -> PNG bytes."""
+    """name -> image bytes (PNG, or DICOM for the other modalities)."""
     images = {name: _png(_uint8(getattr(skimage.data, name)())) for name in SKIMAGE_SAMPLES}
+    images.update(other_modality_dicoms())
+    images.update(_other_modality_pictures())
     images.update(_synthetic(np.random.default_rng(0)))
     return images

@@ -6,9 +6,11 @@ import io
 
 import cv2
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
-from synth import grey, to_16bit, write_dicom, write_png16
+from pydicom.uid import JPEGLosslessSV1
+from synth import compress_jpeg_lossless, grey, to_16bit, write_dicom, write_png16
 
 from boneage_infer import preprocessing as pp
 from boneage_infer.preprocessing import ImageError
@@ -42,7 +44,10 @@ def test_png16_and_dicom_of_same_pixels_give_same_input(radiograph, tmp_path):
     plain = pp.preprocess(write_dicom(pixels16, tmp_path / "plain.dcm"), 224)
     rescaled = pp.preprocess(write_dicom(pixels16, tmp_path / "r.dcm", slope=2.0, intercept=-100.0), 224)
     inverted = pp.preprocess(write_dicom(pixels16, tmp_path / "m1.dcm", monochrome1=True), 224)
+    lossless = compress_jpeg_lossless(tmp_path / "plain.dcm", tmp_path / "jpeg-lossless.dcm")
+    assert pydicom.dcmread(lossless).file_meta.TransferSyntaxUID == JPEGLosslessSV1
     np.testing.assert_array_equal(png, plain)
+    np.testing.assert_array_equal(png, pp.preprocess(lossless, 224))
     np.testing.assert_allclose(png, rescaled, atol=1.5 / 127.5)
     np.testing.assert_allclose(png, inverted, atol=1.5 / 127.5)
     # and they match the 8-bit original closely (same image, different bit depth)
