@@ -7,7 +7,9 @@ The named API endpoint ``/predict`` takes (file, sex, age, birth date, exam date
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -18,6 +20,17 @@ from boneage_infer.predictor import BoneAgePredictor
 from boneage_infer.preprocessing import MAX_FILE_BYTES, ImageError, read_radiograph
 
 SEX_CHOICES = [("Female", "F"), ("Male", "M"), ("Unknown", "U")]
+KEEP_FILES_SECONDS = 3600  # reports and Gradio's copies of uploads are deleted after an hour
+
+
+def report_folder() -> Path:
+    """A fresh folder for one PDF report; report folders older than KEEP_FILES_SECONDS are removed."""
+    reports = Path(tempfile.gettempdir()) / "boneage-reports"
+    reports.mkdir(exist_ok=True)
+    for old in reports.iterdir():
+        if old.stat().st_mtime < time.time() - KEEP_FILES_SECONDS:
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(dir=reports))
 
 
 def make_predict(predictor: BoneAgePredictor):
@@ -44,9 +57,8 @@ def make_predict(predictor: BoneAgePredictor):
             raise gr.Error(str(exc)) from None
         progress(0.6, desc="Heatmap, chart and report")
         heat = predictor.heatmap_overlay(prepared, reading.sex)
-        folder = Path(tempfile.mkdtemp(prefix="boneage-"))
         pdf = report.pdf_report(
-            reading, prepared.enhanced, heat, folder / "bone_age_report.pdf", patient or None
+            reading, prepared.enhanced, heat, report_folder() / "bone_age_report.pdf", patient or None
         )
         for warning in reading.warnings:
             gr.Warning(warning)
@@ -97,7 +109,9 @@ def dicom_defaults(radiograph: str | None):
 
 
 def build_app(predictor: BoneAgePredictor, examples: list[ExampleCase]) -> gr.Blocks:
-    with gr.Blocks(title="Bone age assessment") as demo:
+    with gr.Blocks(
+        title="Bone age assessment", delete_cache=(KEEP_FILES_SECONDS, KEEP_FILES_SECONDS)
+    ) as demo:
         gr.Markdown(
             "# Bone age from a hand radiograph\n"
             "Upload a left-hand radiograph (PNG, JPEG or DICOM), choose the sex and enter the "

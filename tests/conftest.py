@@ -72,12 +72,19 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subproce
 
 
 @pytest.fixture(scope="session")
-def app_url(tmp_path_factory):
+def app_tmpdir(tmp_path_factory) -> Path:
+    """The running app's TMPDIR (its PDF reports and Gradio's cache live there)."""
+    return tmp_path_factory.mktemp("app-tmp")
+
+
+@pytest.fixture(scope="session")
+def app_url(tmp_path_factory, app_tmpdir):
     """``python app.py`` running on a free port; yields its URL."""
     port = free_port()
     log = tmp_path_factory.mktemp("app") / "app.log"
     env = {
         **os.environ,
+        "TMPDIR": str(app_tmpdir),
         "GRADIO_SERVER_PORT": str(port),
         "GRADIO_ANALYTICS_ENABLED": "False",
         "BONEAGE_MAX_UPLOAD_MB": "2",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 import skimage.data
 from gradio_client import Client, handle_file
@@ -37,6 +40,17 @@ def test_reading_over_the_api(client, radiograph):
     assert image.endswith(".png") and heatmap.endswith(".png") and chart.endswith(".png")
     assert pdf.endswith("bone_age_report.pdf")
     assert details["device"] in model_info and "Research use only" in model_info
+
+
+def test_old_pdf_reports_are_swept(client, radiograph, app_tmpdir):
+    stale = app_tmpdir / "boneage-reports" / "stale"
+    stale.mkdir(parents=True, exist_ok=True)
+    (stale / "bone_age_report.pdf").write_bytes(b"%PDF-1.4 old")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    predict(client, radiograph)
+    assert not stale.exists()
+    assert list((app_tmpdir / "boneage-reports").glob("*/bone_age_report.pdf"))  # this reading's report
 
 
 def test_age_from_dates(client, radiograph):
