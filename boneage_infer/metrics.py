@@ -1,4 +1,4 @@
-"""Accuracy figures for bone-age readings (all in months)."""
+"""Accuracy figures and the conformal 90% interval for bone-age readings (all in months)."""
 
 from __future__ import annotations
 
@@ -45,3 +45,34 @@ def quadratic_weighted_kappa(predicted: np.ndarray, reference: np.ndarray, class
     expected = np.outer(observed.sum(1), observed.sum(0)) / max(observed.sum(), 1)
     denominator = float(np.sum(weights * expected))
     return 1.0 - float(np.sum(weights * observed)) / denominator if denominator else 1.0
+
+
+INTERVAL_BANDS_MONTHS = (0, 72, 120, 156)  # predicted bone age: <6 y, 6-10 y, 10-13 y, 13 y and over
+
+
+def _band(months: np.ndarray) -> np.ndarray:
+    return np.digitize(months, INTERVAL_BANDS_MONTHS[1:])
+
+
+def conformal_bands(months: np.ndarray, errors: np.ndarray, level: float = 0.9) -> list[dict]:
+    """Per band of predicted bone age: the finite-sample ``level`` quantile of |error|."""
+    bands, edges = _band(months), INTERVAL_BANDS_MONTHS + (None,)
+    out = []
+    for b in range(len(INTERVAL_BANDS_MONTHS)):
+        band = np.sort(errors[bands == b])
+        rank = min(int(np.ceil((len(band) + 1) * level)), len(band)) - 1
+        out.append(
+            {
+                "from_months": edges[b],
+                "to_months": edges[b + 1],
+                "n": len(band),
+                "half_width_months": float(band[rank]),
+            }
+        )
+    return out
+
+
+def half_widths(bands: list[dict], months: np.ndarray) -> np.ndarray:
+    """The interval half-width for each predicted bone age (bands as ``conformal_bands`` wrote them)."""
+    index = np.digitize(np.atleast_1d(months), [band["from_months"] for band in bands[1:]])
+    return np.array([bands[i]["half_width_months"] for i in index])

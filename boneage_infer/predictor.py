@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import clinical, explain, preprocessing, quality
+from .metrics import half_widths
 from .model import feature_layer
 from .preprocessing import ImageError, Radiograph
 from .weights import CALIBRATION_FILE, NOVELTY_FILE, load_model, resolve_weights
@@ -134,8 +135,11 @@ class BoneAgePredictor:
 
     # -- readings -------------------------------------------------------------------------
     def _interval(self, months: float) -> list[float] | None:
-        half = self.calibration.get("interval_90_half_width_months")
-        return None if half is None else [max(0.0, months - half), months + half]
+        bands = self.calibration.get("interval_90_bands")
+        if not bands:
+            return None
+        half = float(half_widths(bands, months)[0])
+        return [max(0.0, months - half), months + half]
 
     def _reading(self, image: PreparedImage, sex: str, age: float | None, by_sex: dict, file: str | None):
         warnings = list(image.radiograph.notes) + list(image.quality.warnings)
