@@ -6,7 +6,7 @@ Three layers:
   (ultrasound, CT, MRI, ...) or a body part other than the hand/wrist is rejected;
 * image statistics on the decoded image: colour photographs, blank/uniform images,
   pure noise, bright document-like images (text, screenshots) are rejected; low
-  contrast and a hand touching the image edges give warnings;
+  contrast and fingers cut by the top edge give warnings;
 * a novelty test on the network's own mid-level features (``NoveltyModel``, on the
   pooled output of the last middle-flow block): a whitened PCA of those features of
   RSNA training radiographs; images far from them (other
@@ -34,6 +34,7 @@ MAX_LAPLACIAN = 14.0  # mean |Laplacian| at 299 px; RSNA val spans 0.79-10.5
 MIN_EDGE = 110.0  # 99.9th percentile of the Sobel gradient at 299 px; RSNA val has 164 or more
 LOW_CONTRAST_LEVELS = 48
 LOW_CONTRAST_STD = 11.0
+MIN_CUT_FINGERS = 3
 
 # DICOM Modality (PS3.3 C.7.3.1.1.1): plain radiographs, and the codes scanned films are stored under
 RADIOGRAPH_MODALITIES = {"CR", "DX", "RG", "DR", "OT", "SC"}
@@ -75,6 +76,19 @@ def header_checks(radiograph: Radiograph) -> Quality:
     return Quality(True, "usable hand radiograph")
 
 
+def cut_fingers(grey: np.ndarray) -> int:
+    """Finger-wide foreground runs (4-45 px at 299) along the top edge: fingers running off the image.
+
+    Film frames and labels make runs far wider than a finger, so they do not count. On RSNA val
+    0.8 % of radiographs have 3 or more; with the top 30 % cropped away, 74 %.
+    """
+    _, mask = cv2.threshold(cv2.GaussianBlur(grey, (5, 5), 0), 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    top = np.concatenate([[0], (mask[2:8].mean(0) > 0.5).astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(top))
+    lengths = edges[1::2] - edges[::2]
+    return int(np.sum((lengths >= 4) & (lengths <= 45)))
+
+
 def image_checks(radiograph: Radiograph) -> Quality:
     """Reject images that cannot be hand radiographs; warn on usable but weak ones."""
     header = header_checks(radiograph)
@@ -106,13 +120,9 @@ def image_checks(radiograph: Radiograph) -> Quality:
     warnings = []
     if radiograph.original_levels < LOW_CONTRAST_LEVELS or values.std() < LOW_CONTRAST_STD:
         warnings.append("Low contrast image: the reading may be less accurate.")
-    _, mask = cv2.threshold(grey, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    # fingers cut by the top edge and the hand cut by a side: partly foreground bands
-    # (full bands are film frames or labels, common and harmless)
-    partial = [0.25 < band.mean() < 0.75 for band in (mask[2:8], mask[:, 2:8], mask[:, -8:-2])]
-    if partial[0] and (partial[1] or partial[2]):
+    if cut_fingers(grey) >= MIN_CUT_FINGERS:
         warnings.append(
-            "The hand seems cut by the image edges (heavy cropping?): "
+            "The fingers seem cut by the top edge (heavy cropping?): "
             "check that the whole hand and wrist are shown."
         )
     return Quality(True, "usable hand radiograph" if not warnings else "usable, with warnings", warnings)
