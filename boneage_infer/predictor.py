@@ -190,8 +190,11 @@ class BoneAgePredictor:
         chronological_age_months: float | str | None = None,
         file: str | None = None,
     ) -> Reading:
-        """Reading for an image already passed through ``prepare``."""
-        return self._read([(0, image, *self._patient(image, sex, chronological_age_months), file)])[0]
+        """Reading for an image already passed through ``prepare``; raises RejectedImage."""
+        result = self._read([(0, image, *self._patient(image, sex, chronological_age_months), file)])[0]
+        if isinstance(result, RejectedImage):
+            raise result
+        return result
 
     @staticmethod
     def _patient(image: PreparedImage, sex: str | None, age: float | str | None) -> tuple[str, float | None]:
@@ -206,8 +209,11 @@ class BoneAgePredictor:
             radiograph.notes.append("Chronological age computed from the DICOM birth and study dates.")
         return check_sex(sex), months
 
-    def _read(self, items: list[tuple]) -> list[Reading]:
-        """items: (index, prepared, sex, age, file); one model call for the whole list."""
+    def _read(self, items: list[tuple]) -> list[Reading | RejectedImage]:
+        """items: (index, prepared, sex, age, file); one model call for the whole list.
+
+        An image the feature-novelty gate rejects yields its RejectedImage in its place.
+        """
         images, males, owners = [], [], []
         for n, (_, prepared, sex, _, _) in enumerate(items):
             for s in ("F", "M") if sex == UNKNOWN_SEX else (sex,):
@@ -222,7 +228,8 @@ class BoneAgePredictor:
             if self.novelty is not None:
                 verdict = self.novelty.check(features[first])
                 if not verdict.accepted:
-                    raise RejectedImage(verdict)
+                    readings.append(RejectedImage(verdict))
+                    continue
             readings.append(self._reading(prepared, sex, age, by_sex, file))
         return readings
 
@@ -259,16 +266,7 @@ class BoneAgePredictor:
                 results[index] = exc
         for start in range(0, len(pending), batch_size):
             chunk = pending[start : start + batch_size]
-            try:
-                readings = self._read(chunk)
-            except RejectedImage:  # find which one: read them singly
-                readings = []
-                for item in chunk:
-                    try:
-                        readings.append(self._read([item])[0])
-                    except RejectedImage as exc:
-                        readings.append(exc)
-            for item, reading in zip(chunk, readings):
+            for item, reading in zip(chunk, self._read(chunk)):
                 results[item[0]] = reading
         return results
 
