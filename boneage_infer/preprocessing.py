@@ -192,7 +192,7 @@ def _decode_dicom(data: bytes) -> Radiograph:
         except ValueError as exc:
             notes.append(f"DICOM birth and study dates ignored: {exc}")
             birth_date = study_date = None
-    radiograph = _radiograph(
+    return _radiograph(
         pixels,
         "DICOM",
         sex=sex if sex in ("M", "F") else None,
@@ -201,9 +201,8 @@ def _decode_dicom(data: bytes) -> Radiograph:
         laterality=text("ImageLaterality") or text("Laterality"),
         modality=text("Modality"),
         body_part=text("BodyPartExamined"),
+        notes=notes,
     )
-    radiograph.notes.extend(notes)
-    return radiograph
 
 
 def read_radiograph(source: str | Path | bytes) -> Radiograph:
