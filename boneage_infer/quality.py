@@ -115,7 +115,9 @@ def image_checks(radiograph: Radiograph) -> Quality:
         return Quality(False, "no sharp edges anywhere (blurred, or not a radiograph?)")
     if (grey > 200).mean() > MAX_BRIGHT_FRACTION:
         return Quality(
-            False, "mostly bright (a document, screenshot or inverted image?), not a hand radiograph"
+            False,
+            "mostly bright, not a hand radiograph (a document, a screenshot, an inverted image, "
+            "or a radiograph of a larger body part?)",
         )
     warnings = []
     if radiograph.original_levels < LOW_CONTRAST_LEVELS or values.std() < LOW_CONTRAST_STD:

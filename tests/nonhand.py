@@ -1,5 +1,5 @@
 """Images that are not hand radiographs: scikit-image's sample data, other modalities' and body
-parts' medical images that pydicom and matplotlib ship, and synthetic images."""
+parts' medical images that pydicom, pydicom-data and matplotlib ship, and synthetic images."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import gzip
 import io
 from pathlib import Path
 
+import data_store  # pydicom-data: pydicom's larger test files, installed from PyPI
 import matplotlib
 import numpy as np
 import pydicom
@@ -25,6 +26,8 @@ SKIMAGE_SAMPLES = [
 # body) and an OT-labelled 512x512 slice
 PYDICOM_FILES = ["CT_small.dcm", "693_J2KI.dcm", "examples_overlay.dcm", "examples_palette.dcm",
                  "examples_jpeg2k.dcm", "JPEG2000.dcm", "image_dfl.dcm"]  # fmt: skip
+# pydicom-data's plain radiographs (CR, DICOM WG04 set): a PA chest, and an AP lower leg and ankle
+OTHER_BODY_PART_FILES = ["RG1_UNCR.dcm", "RG3_UNCR.dcm"]
 
 
 def _uint8(image: np.ndarray) -> np.ndarray:
@@ -96,6 +99,28 @@ def other_modality_dicoms() -> dict[str, bytes]:
     return {name: (folder / name).read_bytes() for name in PYDICOM_FILES}
 
 
+def other_body_part_radiographs() -> dict[str, bytes]:
+    """name -> DICOM bytes of real plain radiographs of the chest and the lower leg."""
+    folder = Path(data_store.__file__).parent / "data"
+    return {name: (folder / name).read_bytes() for name in OTHER_BODY_PART_FILES}
+
+
+def other_body_part_pictures() -> dict[str, bytes]:
+    """Those radiographs as bare PNGs (no header to help), whole and without the collimated border."""
+    from boneage_infer.preprocessing import read_radiograph
+
+    chest, leg = (read_radiograph(data).pixels for data in other_body_part_radiographs().values())
+    rows, cols = chest.shape
+    return {
+        "chest.png": _png(chest),
+        "chest-lungs.png": _png(
+            chest[int(0.05 * rows) : int(0.9 * rows), int(0.05 * cols) : int(0.95 * cols)]
+        ),
+        "lower-leg.png": _png(leg),
+        "lower-leg-no-border.png": _png(leg[:, int(0.3 * leg.shape[1]) : int(0.72 * leg.shape[1])]),
+    }
+
+
 def _other_modality_pictures() -> dict[str, bytes]:
     """The same pixels as plain PNGs (no header to help), plus matplotlib's brain MRI."""
     from boneage_infer.preprocessing import read_radiograph
@@ -113,5 +138,7 @@ def non_hand_images() -> dict[str, bytes]:
     images = {name: _png(_uint8(getattr(skimage.data, name)())) for name in SKIMAGE_SAMPLES}
     images.update(other_modality_dicoms())
     images.update(_other_modality_pictures())
+    images.update(other_body_part_radiographs())
+    images.update(other_body_part_pictures())
     images.update(_synthetic(np.random.default_rng(0)))
     return images

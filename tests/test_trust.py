@@ -8,7 +8,12 @@ import cv2
 import numpy as np
 import pytest
 from conftest import DATA, run_cli
-from nonhand import non_hand_images, other_modality_dicoms
+from nonhand import (
+    non_hand_images,
+    other_body_part_pictures,
+    other_body_part_radiographs,
+    other_modality_dicoms,
+)
 from synth import grey, to_16bit, write_dicom
 
 from boneage_infer import data
@@ -96,6 +101,17 @@ def test_other_modalities_and_body_parts_are_rejected_by_their_dicom_header(radi
     reasons = {row["file"].rsplit("/", 1)[-1]: row["quality"]["reason"] for row in rows}
     assert "ultrasound" in reasons["examples_palette.dcm"] and "CT" in reasons["CT_small.dcm"]
     assert "body part is CHEST" in reasons["chest.dcm"]
+
+
+def test_plain_radiographs_of_the_chest_and_leg_get_no_bone_age(predictor):
+    """Real CR films of a chest and a lower leg, as DICOM and as bare PNGs without a header."""
+    images = {**other_body_part_radiographs(), **other_body_part_pictures()}
+    images.pop("lower-leg-no-border.png")  # known gap: the tibia and ankle alone pass (model card)
+    results = predictor.predict_batch(list(images.values()), ["F"] * len(images))
+    reasons = {name: result.quality.reason for name, result in zip(images, results)}
+    assert all(isinstance(result, RejectedImage) for result in results), reasons
+    assert "body part is CHEST" in reasons["RG1_UNCR.dcm"]
+    assert all("not a hand radiograph" in reason for name, reason in reasons.items() if name.endswith(".png"))
 
 
 def test_dicom_dates_that_give_no_age_are_ignored_with_a_note(predictor, radiograph, tmp_path):
