@@ -54,6 +54,7 @@ ATLAS_MIN_MONTHS = 3
 ATLAS_MAX_MONTHS = {"M": 228, "F": 216}
 MAX_CHRONOLOGICAL_AGE_MONTHS = 30 * 12  # anything older is a typing error, not a child
 Z_LIMIT = 2.0
+Z_CHECK = 4.0  # beyond this the inputs are worth a second look (severe disease can go further)
 
 # Gilsanz & Ratib (2005) stages: (name, upper bound of bone age in months) by sex.
 # fmt: off
@@ -126,6 +127,11 @@ def interpret(bone_age_months: float, chronological_age_months: float, sex: str)
     sd = sd_for_age(age, sex)
     z = gap / sd
     call = "delayed" if z < -Z_LIMIT else "advanced" if z > Z_LIMIT else "within normal range"
+    if abs(z) > Z_CHECK:
+        warnings.append(
+            f"The gap is {abs(z):.1f} SD, more than {Z_CHECK:g}: check the chronological age, the sex "
+            "and that the radiograph is this child's."
+        )
     return Interpretation(gap, sd, z, call, warnings)
 
 

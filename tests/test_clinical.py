@@ -49,6 +49,16 @@ def test_outside_the_atlas_gives_a_warning_not_a_z_score(age, sex):
     assert "outside the Greulich & Pyle standards" in result.warnings[0]
 
 
+def test_a_gap_beyond_four_sd_asks_to_check_the_inputs():
+    far = clinical.interpret(120 - 4.5 * 9.79, 120, "M")
+    assert (
+        far.call == "delayed"
+        and "4.5 SD" in far.warnings[0]
+        and "check the chronological age" in far.warnings[0]
+    )
+    assert clinical.interpret(120 - 3.5 * 9.79, 120, "M").warnings == []
+
+
 def test_past_the_sd_table_but_inside_the_atlas_says_so():
     result = clinical.interpret(200, 200, "F")
     assert result.z_score == 0 and "last SD" in result.warnings[0]
