@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -77,35 +79,38 @@ def app_tmpdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("app-tmp")
 
 
+@contextlib.contextmanager
+def running_app(cwd: Path, log: Path, env: dict[str, str | None]) -> Iterator[str]:
+    """``python app.py`` started in ``cwd`` on a free port; yields its URL, stops it after.
+
+    ``env`` adds to the environment; a None value removes that variable."""
+    port = free_port()
+    env = {**os.environ, **env, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}
+    env = {key: value for key, value in env.items() if value is not None}
+    with open(log, "w") as handle:
+        process = subprocess.Popen([sys.executable, "app.py"], cwd=cwd, env=env, stdout=handle, stderr=handle)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 180
+    try:
+        while time.time() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"app.py exited: {log.read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError(f"app.py did not start: {log.read_text()[-3000:]}")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
 @pytest.fixture(scope="session")
 def app_url(tmp_path_factory, app_tmpdir):
     """``python app.py`` running on a free port; yields its URL."""
-    port = free_port()
     log = tmp_path_factory.mktemp("app") / "app.log"
-    env = {
-        **os.environ,
-        "TMPDIR": str(app_tmpdir),
-        "GRADIO_SERVER_PORT": str(port),
-        "GRADIO_ANALYTICS_ENABLED": "False",
-        "BONEAGE_MAX_UPLOAD_MB": "2",
-    }
-    with open(log, "w") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=handle, stderr=handle
-        )
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"app.py exited: {log.read_text()[-3000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        raise RuntimeError(f"app.py did not start: {log.read_text()[-3000:]}")
-    yield url
-    process.terminate()
-    process.wait(timeout=20)
+    with running_app(ROOT, log, {"TMPDIR": str(app_tmpdir), "BONEAGE_MAX_UPLOAD_MB": "2"}) as url:
+        yield url
