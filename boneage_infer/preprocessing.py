@@ -21,7 +21,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .clinical import age_between
 
@@ -114,6 +114,8 @@ def _decode_raster(data: bytes) -> Radiograph:
         image.load()
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"The {image.format} file is truncated or corrupt ({exc}).") from None
+    source_format = image.format
+    image = ImageOps.exif_transpose(image)  # upright as a viewer shows it (camera/PACS export tag)
     colourfulness = 0.0
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "L"):
         pixels = np.asarray(image)
@@ -124,7 +126,7 @@ def _decode_raster(data: bytes) -> Radiograph:
             image = Image.alpha_composite(background, image)
         colourfulness = _colourfulness(np.asarray(image.convert("RGB")))
         pixels = np.asarray(image.convert("L"))
-    return _radiograph(np.asarray(pixels), image.format, colourfulness=colourfulness)
+    return _radiograph(np.asarray(pixels), source_format, colourfulness=colourfulness)
 
 
 def _colourfulness(rgb: np.ndarray) -> float:

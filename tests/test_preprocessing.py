@@ -79,6 +79,17 @@ def test_png_colour_modes_decode_to_the_same_grey(radiograph, tmp_path, mode):
     assert np.mean(np.abs(decoded.astype(int) - reference)) < 2.0
 
 
+def test_jpeg_exif_orientation_is_applied(radiograph, tmp_path):
+    upright = Image.open(radiograph)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the viewer turns the stored image 90 degrees clockwise
+    upright.save(tmp_path / "upright.jpg", quality=95)
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "tagged.jpg", quality=95, exif=exif)
+    tagged = pp.read_radiograph(tmp_path / "tagged.jpg")
+    difference = np.abs(tagged.pixels.astype(float) - pp.read_radiograph(tmp_path / "upright.jpg").pixels)
+    assert tagged.source_format == "JPEG" and difference.mean() < 2
+
+
 def test_full_size_upload_is_stretched_like_training(radiograph):
     small = grey(radiograph)
     tall = cv2.resize(small, (1200, 1600), interpolation=cv2.INTER_CUBIC)  # a portrait full-size upload
