@@ -80,16 +80,27 @@ def _dataset(images, male, targets, size: int, batch_size: int, seed: int):
     )
 
 
-def predict_months(model, config: ModelConfig, enhanced: np.ndarray, male: np.ndarray, batch_size: int = 32):
-    """Bone age (months) for already-enhanced images, through the inference input path."""
-    out = []
+def predict_outputs(
+    model, config: ModelConfig, enhanced: np.ndarray, male: np.ndarray, batch_size: int = 32
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Bone age (months) and age-group probabilities (None without that head) for
+    already-enhanced images, through the inference input path, in one pass."""
+    months, groups = [], []
     for start in range(0, len(enhanced), batch_size):
         chunk = enhanced[start : start + batch_size]
         images = np.stack([preprocessing.to_model_input(e, config.input_size) for e in chunk])
         sex = male[start : start + batch_size].astype(np.float32)[:, None]
-        z = model.predict_on_batch({"image": images, "sex": sex})["bone_age_z"]
-        out.append(config.target_mean_months + config.target_std_months * np.asarray(z)[:, 0])
-    return np.concatenate(out)
+        out = model.predict_on_batch({"image": images, "sex": sex})
+        z = np.asarray(out["bone_age_z"], dtype=np.float64)[:, 0]
+        months.append(config.target_mean_months + config.target_std_months * z)
+        if "age_group" in out:
+            groups.append(np.asarray(out["age_group"], dtype=np.float32))
+    return np.concatenate(months), (np.concatenate(groups) if groups else None)
+
+
+def predict_months(model, config: ModelConfig, enhanced: np.ndarray, male: np.ndarray) -> np.ndarray:
+    """Bone age (months) for already-enhanced images, through the inference input path."""
+    return predict_outputs(model, config, enhanced, male)[0]
 
 
 def recompute_batchnorm(
@@ -226,7 +237,7 @@ def train(
             logs = logs or {}
             serving = replace(config, input_size=self.size)
             recompute_batchnorm(self.model, train_images[bn_index], train_cases.male[bn_index], self.size)
-            predicted = predict_months(self.model, serving, val_images, val_cases.male)
+            predicted, probs = predict_outputs(self.model, serving, val_images, val_cases.male)
             result = metrics.regression_metrics(predicted, val_cases.bone_age_months, val_cases.male)
             row = {
                 "epoch": epoch + 1,
@@ -241,11 +252,7 @@ def train(
                 "val_bias_months": result["bias"],
                 "elapsed_min": (time.time() - started) / 60,
             }
-            if config.age_group_head:
-                images = np.stack([preprocessing.to_model_input(e, self.size) for e in val_images])
-                probs = self.model.predict(
-                    {"image": images, "sex": val_cases.male.astype(np.float32)[:, None]}, verbose=0
-                )["age_group"]
+            if probs is not None:
                 groups, truth = probs.argmax(1), age_group(val_cases.bone_age_months)
                 row["val_group_accuracy"] = float(np.mean(groups == truth))
                 row["val_group_kappa"] = metrics.quadratic_weighted_kappa(
