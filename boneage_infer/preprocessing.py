@@ -159,6 +159,8 @@ def _decode_dicom(data: bytes) -> Radiograph:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    from . import dicom_jpeg12
+
     try:
         dataset = pydicom.dcmread(io.BytesIO(data))
         rows, columns = int(dataset.Rows), int(dataset.Columns)
@@ -166,6 +168,7 @@ def _decode_dicom(data: bytes) -> Radiograph:
         raise ImageError(f"The DICOM file is corrupt or has no image ({exc}).") from None
     _check_size(columns, rows)
     try:
+        dicom_jpeg12.use_for(dataset)
         pixels = dataset.pixel_array
     except Exception as exc:
         raise ImageError(f"Cannot read the DICOM pixel data ({exc}).") from None

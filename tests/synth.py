@@ -79,3 +79,20 @@ def compress_jpeg_lossless(path: Path, out: Path) -> Path:
     writer.SetImage(change.GetOutput())
     assert writer.Write()
     return out
+
+
+def compress_jpeg12(path: Path, out: Path, quality: int = 90) -> Path:
+    """Re-encode a 12-bit DICOM file as JPEG Extended (lossy, 12-bit), as older CR systems do."""
+    import imagecodecs
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGExtended12Bit
+
+    ds = pydicom.dcmread(path)
+    pixels = ds.pixel_array
+    assert pixels.max() < 4096, "12-bit samples only"
+    ds.PixelData = encapsulate([imagecodecs.jpeg8_encode(pixels, level=quality, bitspersample=12)])
+    ds["PixelData"].VR = "OB"
+    ds.BitsStored, ds.HighBit = 12, 11
+    ds.file_meta.TransferSyntaxUID = JPEGExtended12Bit
+    ds.save_as(out, enforce_file_format=True)
+    return out

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import io
+import logging
 
 import cv2
 import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.uid import JPEGLosslessSV1
-from synth import compress_jpeg_lossless, grey, to_16bit, write_dicom, write_png16
+from pydicom.uid import JPEGExtended12Bit, JPEGLosslessSV1
+from synth import compress_jpeg12, compress_jpeg_lossless, grey, to_16bit, write_dicom, write_png16
 
 from boneage_infer import preprocessing as pp
 from boneage_infer.preprocessing import ImageError
@@ -52,6 +53,22 @@ def test_png16_and_dicom_of_same_pixels_give_same_input(radiograph, tmp_path):
     np.testing.assert_allclose(png, inverted, atol=1.5 / 127.5)
     # and they match the 8-bit original closely (same image, different bit depth)
     assert np.mean(np.abs(png - pp.preprocess(radiograph, 224))) < 0.02
+
+
+def test_12bit_lossy_jpeg_dicom_is_decoded(predictor, radiograph, tmp_path, caplog):
+    """JPEG Extended with 12-bit samples (older CR systems): neither GDCM nor Pillow decodes it."""
+    pixels16 = to_16bit(grey(radiograph))
+    plain = write_dicom(pixels16, tmp_path / "plain.dcm")
+    lossy = compress_jpeg12(plain, tmp_path / "jpeg12.dcm")
+    assert pydicom.dcmread(lossy).file_meta.TransferSyntaxUID == JPEGExtended12Bit
+    with caplog.at_level(logging.WARNING):
+        decoded = pp.read_radiograph(lossy).pixels
+    assert not caplog.records  # no failed attempts by other decoders logged
+    assert decoded.shape == pixels16.shape
+    lossless = pp.read_radiograph(plain).pixels
+    assert np.mean(np.abs(decoded.astype(float) - lossless)) < 1.5  # lossy, on a 0-255 scale
+    reading = predictor.predict(lossy, "M")
+    assert reading.quality["accepted"] and reading.bone_age_months > 0
 
 
 def test_dicom_voi_window_is_applied(radiograph, tmp_path):
