@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -220,19 +221,31 @@ def read_radiograph(source: str | Path | bytes) -> Radiograph:
     return radiograph
 
 
-_clahe = cv2.createCLAHE(clipLimit=CLAHE_CLIP_LIMIT, tileGridSize=CLAHE_TILE_GRID)
+_per_thread = threading.local()  # an OpenCV CLAHE object keeps working buffers: one per thread
+
+
+def canonical(pixels: np.ndarray) -> np.ndarray:
+    """Stretch a uint8 greyscale radiograph to the canonical square (aspect ratio not kept)."""
+    if pixels.shape == (CANONICAL_SIZE, CANONICAL_SIZE):
+        return pixels
+    shrinking = min(pixels.shape) >= CANONICAL_SIZE
+    return cv2.resize(
+        pixels,
+        (CANONICAL_SIZE, CANONICAL_SIZE),
+        interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR,
+    )
+
+
+def clahe(pixels: np.ndarray) -> np.ndarray:
+    """CLAHE (OpenCV) on a uint8 image; safe to call from several threads at once."""
+    if not hasattr(_per_thread, "clahe"):
+        _per_thread.clahe = cv2.createCLAHE(clipLimit=CLAHE_CLIP_LIMIT, tileGridSize=CLAHE_TILE_GRID)
+    return _per_thread.clahe.apply(np.ascontiguousarray(pixels))
 
 
 def enhance(pixels: np.ndarray) -> np.ndarray:
     """Stretch a uint8 greyscale radiograph to the canonical square and apply CLAHE."""
-    if pixels.shape != (CANONICAL_SIZE, CANONICAL_SIZE):
-        shrinking = min(pixels.shape) >= CANONICAL_SIZE
-        pixels = cv2.resize(
-            pixels,
-            (CANONICAL_SIZE, CANONICAL_SIZE),
-            interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR,
-        )
-    return _clahe.apply(np.ascontiguousarray(pixels))
+    return clahe(canonical(pixels))
 
 
 def scale(pixels):  # numpy array or tf tensor

@@ -30,6 +30,17 @@ def test_clahe_raises_local_contrast(radiographs):
         assert local_contrast(pp.enhance(pixels)) > 1.1 * local_contrast(pixels)
 
 
+def test_clahe_from_several_threads_matches_one_thread(radiographs):
+    """Training decodes in parallel threads; a shared OpenCV CLAHE object mixed their images."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = [pp.read_radiograph(path).pixels for path in radiographs] * 20
+    expected = [pp.clahe(image) for image in images]
+    with ThreadPoolExecutor(4) as pool:
+        for got, want in zip(pool.map(pp.clahe, images), expected, strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
 def test_training_copy_passes_through_at_canonical_size(radiograph):
     pixels = pp.read_radiograph(radiograph).pixels
     assert pixels.shape == (pp.CANONICAL_SIZE, pp.CANONICAL_SIZE) and pixels.dtype == np.uint8
