@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .preprocessing import PREPROCESSING_VERSION, enhance, read_radiograph
+from .preprocessing import PREPROCESSING_VERSION, canonical, enhance, read_radiograph
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "rsna-boneage"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
@@ -100,25 +100,39 @@ def load_split(root: Path, split: str) -> Cases:
     return only_split(load_cases(root / "images", root / "labels.csv"), root / "splits.csv", split)
 
 
+def _canonical_file(path: Path) -> np.ndarray:
+    return canonical(read_radiograph(path).pixels)
+
+
 def _enhance_file(path: Path) -> np.ndarray:
     return enhance(read_radiograph(path).pixels)
 
 
-def enhanced_images(cases: Cases, cache_dir: Path | None = None) -> np.ndarray:
-    """Decode + CLAHE every case (uint8, N x 299 x 299), cached on disk when asked."""
+def _decoded(kind: str, decode, cases: Cases, cache_dir: Path | None) -> np.ndarray:
+    """``decode`` every case in parallel (uint8, N x 299 x 299), cached on disk when asked."""
     cache = None
     if cache_dir is not None:
         recipe = f"{PREPROCESSING_VERSION} {' '.join(cases.ids)}"
         key = hashlib.sha256(recipe.encode()).hexdigest()[:16]
-        cache = Path(cache_dir) / f"enhanced_{key}.npy"
+        cache = Path(cache_dir) / f"{kind}_{key}.npy"
         if cache.is_file():
             return np.load(cache)
     with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
-        images = np.stack(list(pool.map(_enhance_file, cases.paths, chunksize=64)))
+        images = np.stack(list(pool.map(decode, cases.paths, chunksize=64)))
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.save(cache, images)
     return images
+
+
+def canonical_images(cases: Cases, cache_dir: Path | None = None) -> np.ndarray:
+    """Decoded radiographs at the canonical size, before CLAHE (for training augmentation)."""
+    return _decoded("canonical", _canonical_file, cases, cache_dir)
+
+
+def enhanced_images(cases: Cases, cache_dir: Path | None = None) -> np.ndarray:
+    """Decoded and CLAHE-enhanced radiographs, exactly as the model sees them."""
+    return _decoded("enhanced", _enhance_file, cases, cache_dir)
 
 
 EXAMPLES_CSV = Path(__file__).resolve().parent.parent / "examples" / "cases.csv"

@@ -2,8 +2,9 @@
 
 ``python -m boneage_infer train --data ../shared/data/rsna-boneage --out runs/NAME``
 
-Images are decoded and CLAHE-enhanced once by ``preprocessing`` (cached as uint8),
-then augmented on the fly (flip, rotation, zoom, shift, brightness, contrast),
+Images are decoded once by ``preprocessing`` (cached as uint8 at the canonical size),
+then on the fly given another acquisition's look (gamma, blur, noise, JPEG), CLAHE-enhanced
+by ``preprocessing``, augmented (flip, rotation, zoom, shift, brightness, contrast),
 resized to the stage's input size and scaled exactly as at inference.
 After every epoch the BatchNorm statistics are recomputed on clean radiographs (precise
 BN: the moving averages lag behind at high learning rates and mislead inference), then
@@ -19,6 +20,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from . import data, metrics, preprocessing
@@ -58,10 +60,41 @@ def _augmenter(seed: int):
     )
 
 
-def _dataset(images, male, targets, size: int, batch_size: int, seed: int):
+def acquisition_variant(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The same radiograph as another detector or export might give it (before CLAHE):
+    grey-level curve (gamma), blur, noise, JPEG compression, each at random.
+
+    CLAHE amplifies sensor noise in flat regions, so without this a model learns the
+    RSNA images' noise texture: sigma-2 grey-level noise moved readings by 5 months.
+    """
+    image = pixels.astype(np.float32)
+    if rng.random() < 0.3:
+        image = 255.0 * (image / 255.0) ** rng.uniform(0.75, 1.33)
+    if rng.random() < 0.2:
+        image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.3, 1.2))
+    if rng.random() < 0.5:
+        image += rng.normal(0.0, rng.uniform(0.5, 4.0), image.shape).astype(np.float32)
+    image = np.clip(np.round(image), 0, 255).astype(np.uint8)
+    if rng.random() < 0.3:
+        quality = int(rng.integers(40, 96))
+        image = cv2.imdecode(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])[1], 0)
+    return image
+
+
+def _dataset(canonical, male, targets, size: int, batch_size: int, seed: int):
+    """Batches of augmented training inputs: acquisition variant, CLAHE, then geometry
+    and brightness/contrast, resized and scaled exactly as at inference."""
     import tensorflow as tf
 
     augment = _augmenter(seed)
+    rng = np.random.default_rng(seed)
+
+    def enhance_variant(image, inputs_sex, target):
+        image = tf.numpy_function(
+            lambda x: preprocessing.clahe(acquisition_variant(x, rng)), [image], tf.uint8, stateful=True
+        )
+        image.set_shape(canonical.shape[1:])
+        return image, inputs_sex, target
 
     def transform(image, inputs_sex, target):
         image = tf.cast(image[..., None], tf.float32)
@@ -72,8 +105,9 @@ def _dataset(images, male, targets, size: int, batch_size: int, seed: int):
 
     sex = male.astype(np.float32)[:, None]
     return (
-        tf.data.Dataset.from_tensor_slices((images, sex, targets))
-        .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        tf.data.Dataset.from_tensor_slices((canonical, sex, targets))
+        .shuffle(len(canonical), seed=seed, reshuffle_each_iteration=True)
+        .map(enhance_variant, num_parallel_calls=tf.data.AUTOTUNE)
         .batch(batch_size, drop_remainder=True)
         .map(transform, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
@@ -181,9 +215,10 @@ def train(
         train_cases = train_cases.subset(np.arange(len(train_cases)) < limit)
         val_cases = val_cases.subset(np.arange(len(val_cases)) < max(limit // 4, 8))
     cache = out.parent / "cache" if limit is None else None
-    train_images = data.enhanced_images(train_cases, cache)
+    train_images = data.canonical_images(train_cases, cache)
     val_images = data.enhanced_images(val_cases, cache)
     bn_index = np.random.default_rng(seed).permutation(len(train_cases))[:BN_IMAGES]
+    bn_images = np.stack([preprocessing.clahe(image) for image in train_images[bn_index]])
 
     if resume:
         config = ModelConfig.load(Path(resume) / CONFIG_FILE)
@@ -236,7 +271,7 @@ def train(
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
             serving = replace(config, input_size=self.size)
-            recompute_batchnorm(self.model, train_images[bn_index], train_cases.male[bn_index], self.size)
+            recompute_batchnorm(self.model, bn_images, train_cases.male[bn_index], self.size)
             predicted, probs = predict_outputs(self.model, serving, val_images, val_cases.male)
             result = metrics.regression_metrics(predicted, val_cases.bone_age_months, val_cases.male)
             row = {
