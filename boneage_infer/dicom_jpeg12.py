@@ -7,7 +7,7 @@ selects it for such a file; other transfer syntaxes keep pydicom's own plugins.
 
 from __future__ import annotations
 
-import functools
+import threading
 
 from pydicom import uid
 
@@ -33,11 +33,15 @@ def decode_frame(src: bytes, runner) -> bytes:
     return pixels.astype(dtype, copy=False).tobytes()
 
 
-@functools.cache
+_lock = threading.Lock()  # pydicom's add_plugin is not thread-safe, and raises when run twice
+
+
 def _register() -> None:
     from pydicom.pixels.decoders import JPEGExtended12BitDecoder
 
-    JPEGExtended12BitDecoder.add_plugin(PLUGIN, (__name__, "decode_frame"))
+    with _lock:
+        if is_available(uid.JPEGExtended12Bit) and PLUGIN not in JPEGExtended12BitDecoder.available_plugins:
+            JPEGExtended12BitDecoder.add_plugin(PLUGIN, (__name__, "decode_frame"))
 
 
 def use_for(dataset) -> None:
