@@ -189,6 +189,7 @@ def _train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         learning_rate=args.lr,
         resume=args.resume,
+        middle_blocks=args.middle_blocks,
         age_group_head=args.age_group_head,
         mixed_precision=not args.fp32,
         limit=args.limit,
@@ -233,11 +234,16 @@ def main(argv: list[str] | None = None) -> int:
     p = commands.add_parser("train", help="train on an RSNA-layout data folder")
     p.add_argument("--data", type=Path, required=True, help="folder with images/, labels.csv, splits.csv")
     p.add_argument("--out", type=Path, required=True, help="run folder, e.g. runs/NAME")
-    p.add_argument("--model", default="xception-small", help="xception-small (default) or xception")
+    p.add_argument(
+        "--model", default="xception-small", help="xception-small (default), xception-half or xception"
+    )
     p.add_argument("--stages", default="224:8", help="input size and epochs per stage, e.g. 160:2,224:6")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay)")
     p.add_argument("--resume", type=Path, help="weights folder to start from, e.g. weights/")
+    p.add_argument(
+        "--middle-blocks", type=int, help="with --resume: grow the middle flow to this many blocks"
+    )
     p.add_argument("--age-group-head", action="store_true", help="add the 5-group head (5*MAE + CE)")
     p.add_argument("--fp32", action="store_true", help="disable mixed bfloat16")
     p.add_argument("--folds", type=int, default=1, help="K-fold cross-validation on the train split")

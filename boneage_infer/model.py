@@ -3,7 +3,8 @@
 ``build_model`` builds from a ``ModelConfig``; ``MODELS`` is the registry of named
 configurations. ``xception`` is the canonical keras.applications.Xception topology
 (width 1, 8 middle-flow blocks); ``xception-small`` is the half-width, 4-block
-variant that trains at a useful speed on a 2-core CPU.
+variant that trains at a useful speed on a 2-core CPU; ``xception-half`` has the canonical
+8 blocks at half width (``deepen`` grows a trained small model into it).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class ModelConfig:
 MODELS: dict[str, ModelConfig] = {
     "xception": ModelConfig(name="xception", width=1.0, middle_blocks=8, channels=3, input_size=299),
     "xception-small": ModelConfig(),
+    "xception-half": ModelConfig(name="xception-half", middle_blocks=8),  # canonical depth, half width
     "xception-tiny": ModelConfig(name="xception-tiny", width=0.125, middle_blocks=1, input_size=96),  # tests
 }
 
@@ -120,3 +122,21 @@ def build_model(config: ModelConfig) -> keras.Model:
             len(AGE_GROUP_EDGES_MONTHS) + 1, activation="softmax", dtype="float32", name="age_group"
         )(x)
     return keras.Model({"image": image, "sex": sex}, outputs, name=config.name)
+
+
+def deepen(source: keras.Model, config: ModelConfig) -> keras.Model:
+    """Build ``config`` (more middle-flow blocks) and carry over every layer of ``source``.
+
+    The new middle blocks start as the identity: their last batch norm has gamma 0, so
+    the residual adds nothing and the deeper network reads exactly as ``source`` did
+    until training moves it (Goyal et al. 2017, zero-init residual; Chen et al. 2016,
+    Net2DeeperNet).
+    """
+    target = build_model(config)
+    known = {layer.name: layer for layer in source.layers}
+    for layer in target.layers:
+        if layer.name in known:
+            layer.set_weights(known[layer.name].get_weights())
+        elif layer.name.startswith("middle") and layer.name.endswith("_c_bn"):
+            layer.gamma.assign(keras.ops.zeros_like(layer.gamma))
+    return target

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from . import data, metrics, preprocessing
-from .model import AGE_GROUP_EDGES_MONTHS, MODELS, ModelConfig, build_model
+from .model import AGE_GROUP_EDGES_MONTHS, MODELS, ModelConfig, build_model, deepen
 from .weights import CONFIG_FILE, WEIGHTS_FILE, save_weights
 
 BN_IMAGES = 1024  # clean train radiographs for the BatchNorm statistics after each epoch
@@ -186,6 +186,7 @@ def train(
     batch_size: int = 16,
     learning_rate: float = 1e-3,
     resume: Path | None = None,
+    middle_blocks: int | None = None,
     age_group_head: bool = False,
     mixed_precision: bool = True,
     seed: int = 42,
@@ -233,6 +234,15 @@ def train(
     model = build_model(config)
     if resume:
         model.load_weights(Path(resume) / WEIGHTS_FILE)
+    if middle_blocks and middle_blocks != config.middle_blocks:
+        if middle_blocks < config.middle_blocks or not resume:
+            raise ValueError("--middle-blocks can only deepen a resumed model")
+        name = next(
+            (n for n, c in MODELS.items() if (c.width, c.middle_blocks) == (config.width, middle_blocks)),
+            config.name,
+        )
+        config = replace(config, name=name, middle_blocks=middle_blocks)
+        model = deepen(model, config)
 
     z = (train_cases.bone_age_months - config.target_mean_months) / config.target_std_months
     targets = {"bone_age_z": z.astype(np.float32)[:, None]}

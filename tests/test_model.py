@@ -1,4 +1,4 @@
-"""The network: canonical Xception topology, configurable size, config round trip."""
+"""The network: canonical Xception topology, configurable size, deepening, config round trip."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ from dataclasses import replace
 
 import keras
 import numpy as np
+from conftest import DATA
 
-from boneage_infer.model import MODELS, ModelConfig, build_model, xception_backbone
+from boneage_infer import data, preprocessing
+from boneage_infer.model import MODELS, ModelConfig, build_model, deepen, xception_backbone
 
 
 def _backbone(config: ModelConfig, size: int) -> keras.Model:
@@ -38,3 +40,25 @@ def test_config_round_trip(tmp_path):
     config = replace(MODELS["xception-small"], input_size=192, target_mean_months=120.5)
     config.save(tmp_path / "config.json")
     assert ModelConfig.load(tmp_path / "config.json") == config
+
+
+def test_deepening_keeps_the_reading_and_adds_trainable_blocks():
+    config = replace(MODELS["xception-tiny"], middle_blocks=1)
+    source = build_model(config)
+    rng = np.random.default_rng(0)
+    for layer in source.layers:  # non-trivial batch-norm statistics, as in a trained model
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([gamma * 1.5, beta + 0.1, mean + rng.normal(0, 0.1, mean.shape), var * 2])
+    deeper = deepen(source, replace(config, middle_blocks=3))
+    assert deeper.count_params() > source.count_params()
+    assert "middle2_add" in {layer.name for layer in deeper.layers}
+    val = data.load_split(DATA, "val")
+    val = val.subset(np.arange(len(val)) < 3)
+    images = np.stack([preprocessing.to_model_input(e, 96) for e in data.enhanced_images(val)])
+    inputs = {"image": images, "sex": val.male[:, None].astype("float32")}
+    before = source.predict(inputs, verbose=0)["bone_age_z"]
+    np.testing.assert_allclose(deeper.predict(inputs, verbose=0)["bone_age_z"], before, atol=1e-5)
+    # the new blocks add nothing yet but can learn: gamma 0 at the end, ordinary weights inside
+    assert np.all(deeper.get_layer("middle2_c_bn").gamma.numpy() == 0)
+    assert np.any(deeper.get_layer("middle2_a_sepconv").get_weights()[0] != 0)
