@@ -4,7 +4,8 @@
 
 Each val radiograph is read as stored and after one fixed degradation at a time, applied
 to the decoded 8-bit image: Gaussian noise (sigma in grey levels), JPEG re-compression,
-Gaussian blur, a gamma curve. Prints one JSON line: per degradation, val MAE and the mean,
+Gaussian blur, a gamma curve, a wider field of view (the hand shrunk to 80 % or 65 % of
+the frame, as on a larger film) and a tighter one (the centre 90 %). Prints one JSON line: per degradation, val MAE and the mean,
 90th percentile and maximum absolute shift (months) from the clean reading. Images the
 quality gate rejects (clean or degraded) are left out of that degradation's figures.
 """
@@ -24,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from boneage_infer import data, preprocessing  # noqa: E402
 from boneage_infer.predictor import BoneAgePredictor  # noqa: E402
+from boneage_infer.train import reframe  # noqa: E402
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -47,6 +49,9 @@ def degradations(pixels: np.ndarray, rng: np.random.Generator) -> dict[str, byte
         "blur_sigma1": _png(cv2.GaussianBlur(grey, (0, 0), 1.0)),
         "gamma_0.8": _png(255 * (grey / 255) ** 0.8),
         "gamma_1.25": _png(255 * (grey / 255) ** 1.25),
+        "frame_0.8": _png(reframe(pixels, 0.8)),
+        "frame_0.65": _png(reframe(pixels, 0.65)),
+        "frame_1.1": _png(reframe(pixels, 1.1)),
     }
 
 

@@ -60,13 +60,33 @@ def _augmenter(seed: int):
     )
 
 
+def reframe(pixels: np.ndarray, scale: float) -> np.ndarray:
+    """The same radiograph with a wider (scale < 1: shrunk, bordered with the image's own
+    edge grey, as a larger film or collimation gives it) or tighter (scale > 1: centre
+    crop) field of view, at the same size."""
+    height, width = pixels.shape
+    if scale >= 1:
+        h, w = round(height / scale), round(width / scale)
+        y, x = (height - h) // 2, (width - w) // 2
+        return cv2.resize(pixels[y : y + h, x : x + w], (width, height), interpolation=cv2.INTER_AREA)
+    edges = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    out = np.full_like(pixels, np.median(edges))
+    h, w = round(height * scale), round(width * scale)
+    y, x = (height - h) // 2, (width - w) // 2
+    out[y : y + h, x : x + w] = cv2.resize(pixels, (w, h), interpolation=cv2.INTER_AREA)
+    return out
+
+
 def acquisition_variant(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The same radiograph as another detector or export might give it (before CLAHE):
-    grey-level curve (gamma), blur, noise, JPEG compression, each at random.
+    field of view, grey-level curve (gamma), blur, noise, JPEG compression, each at random.
 
     CLAHE amplifies sensor noise in flat regions, so without this a model learns the
     RSNA images' noise texture: sigma-2 grey-level noise moved readings by 5 months.
+    A hand that fills less of the frame read as younger (frame at 65 %: 8.9 months mean shift).
     """
+    if rng.random() < 0.3:
+        pixels = reframe(pixels, rng.uniform(0.6, 1.0))
     image = pixels.astype(np.float32)
     if rng.random() < 0.3:
         image = 255.0 * (image / 255.0) ** rng.uniform(0.75, 1.33)

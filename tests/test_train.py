@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import cv2
 import numpy as np
 import pytest
 from conftest import DATA
@@ -63,3 +64,29 @@ def test_shipped_weights_reach_the_card_figure_on_a_fixed_val_subset(predictor):
     mae = float(np.mean(np.abs(months - val.bone_age_months[read])))
     assert mae == pytest.approx(card["fixed_subset"]["mae"], abs=0.3)
     assert card["val"]["mae"] <= 12.0  # a trained model, far better than the ~34 of predicting the mean
+
+
+def test_acquisition_variants_keep_the_radiograph_and_reframe_the_hand():
+    from boneage_infer.train import acquisition_variant, reframe
+
+    val = data.load_split(DATA, "val")
+    pixels = data.canonical_images(val.subset(np.arange(len(val)) < 1))[0]
+    identical = reframe(pixels, 1.0)
+    np.testing.assert_array_equal(identical, pixels)
+    wider, tighter = reframe(pixels, 0.6), reframe(pixels, 1.25)
+    assert wider.shape == tighter.shape == pixels.shape and wider.dtype == np.uint8
+    # wider: the whole radiograph shrunk into the middle, the rest the film's edge grey
+    edge = np.median(np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]))
+    assert np.all(wider[:40] == edge) and np.all(wider[:, -40:] == edge)
+    inner = wider[60:239, 60:239].astype(float)
+    assert (
+        np.corrcoef(inner.ravel(), cv2.resize(pixels, (179, 179), interpolation=cv2.INTER_AREA).ravel())[0, 1]
+        > 0.99
+    )
+    # tighter: the centre magnified
+    centre = cv2.resize(pixels[30:269, 30:269], pixels.shape[::-1], interpolation=cv2.INTER_AREA)
+    assert np.corrcoef(tighter.ravel(), centre.ravel())[0, 1] > 0.99
+    rng = np.random.default_rng(0)
+    variants = [acquisition_variant(pixels, rng) for _ in range(20)]
+    assert all(v.shape == pixels.shape and v.dtype == np.uint8 for v in variants)
+    assert sum(not np.array_equal(v, pixels) for v in variants) >= 15  # most are changed
