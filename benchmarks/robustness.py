@@ -5,8 +5,9 @@
 Each val radiograph is read as stored and after one fixed degradation at a time, applied
 to the decoded 8-bit image: Gaussian noise (sigma in grey levels), JPEG re-compression,
 Gaussian blur, a gamma curve, a wider field of view (the hand shrunk to 80 % or 65 % of
-the frame, as on a larger film) and a tighter one (the centre 90 %). Prints one JSON line: per degradation, val MAE and the mean,
-90th percentile and maximum absolute shift (months) from the clean reading. Images the
+the frame, as on a larger film) and a tighter one (the centre 90 %). Prints one JSON
+line: per degradation, val MAE and the mean, 90th percentile and maximum absolute shift
+(months) from the clean reading. Images the
 quality gate rejects (clean or degraded) are left out of that degradation's figures.
 """
 
