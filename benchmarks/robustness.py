@@ -7,8 +7,8 @@ to the decoded 8-bit image: Gaussian noise (sigma in grey levels), JPEG re-compr
 Gaussian blur, a gamma curve, a wider field of view (the hand shrunk to 80 % or 65 % of
 the frame, as on a larger film) and a tighter one (the centre 90 %). Prints one JSON
 line: per degradation, val MAE and the mean, 90th percentile and maximum absolute shift
-(months) from the clean reading. Images the
-quality gate rejects (clean or degraded) are left out of that degradation's figures.
+(months) from the clean reading. Images the quality gate rejects (clean or degraded) are
+left out of that degradation's figures.
 """
 
 from __future__ import annotations
