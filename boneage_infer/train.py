@@ -83,7 +83,7 @@ def acquisition_variant(pixels: np.ndarray, rng: np.random.Generator) -> np.ndar
 
     CLAHE amplifies sensor noise in flat regions, so without this a model learns the
     RSNA images' noise texture: sigma-2 grey-level noise moved readings by 5 months.
-    A hand that fills less of the frame read as younger (frame at 65 %: 8.9 months mean shift).
+    A hand filling less of the frame was read differently (at 65 %: 8.4 months mean shift).
     """
     if rng.random() < 0.3:
         pixels = reframe(pixels, rng.uniform(0.6, 1.0))
