@@ -90,3 +90,25 @@ def test_acquisition_variants_keep_the_radiograph_and_reframe_the_hand():
     variants = [acquisition_variant(pixels, rng) for _ in range(20)]
     assert all(v.shape == pixels.shape and v.dtype == np.uint8 for v in variants)
     assert sum(not np.array_equal(v, pixels) for v in variants) >= 15  # most are changed
+
+
+def test_augmented_inputs_are_the_same_radiograph_moved_and_scaled_like_serving():
+    from boneage_infer.preprocessing import clahe, to_model_input
+    from boneage_infer.train import augment
+
+    val = data.load_split(DATA, "val")
+    enhanced = clahe(data.canonical_images(val.subset(np.arange(len(val)) < 1))[0])
+    plain = to_model_input(enhanced, 256)
+    rng = np.random.default_rng(0)
+    inputs = [augment(enhanced, rng, 256) for _ in range(20)]
+    assert all(x.shape == plain.shape and x.dtype == np.float32 for x in inputs)
+    assert all(-1.0 <= x.min() and x.max() <= 1.0 + 1e-6 for x in inputs)
+    assert len({x.tobytes() for x in inputs}) == 20  # every draw differs
+
+    def similarity(x: np.ndarray) -> float:  # the radiograph or its mirror image
+        return max(np.corrcoef(x.ravel(), y.ravel())[0, 1] for y in (plain, plain[:, ::-1]))
+
+    # a small rotation, zoom and shift of the same hand, not another image
+    assert np.median([similarity(x) for x in inputs]) > 0.5
+    other = to_model_input(clahe(data.canonical_images(val.subset(np.arange(len(val)) == 1))[0]), 256)
+    assert similarity(other) < np.median([similarity(x) for x in inputs])
