@@ -90,6 +90,11 @@ def _texts(reading) -> tuple[str, str, str, str]:
     return bone_age, gap, z, reading.stage
 
 
+def cleared_outputs() -> tuple:
+    """Empty results: bone age, gap, z-score, stage, three images, report, details, model."""
+    return ("",) * 4 + (None,) * 5 + ("",)
+
+
 def dicom_defaults(radiograph: str | None):
     """Prefill sex and dates from a DICOM upload (the user can change them)."""
     unchanged = (gr.update(), gr.update(), gr.update())
@@ -153,7 +158,11 @@ def build_app(predictor: BoneAgePredictor, examples: list[ExampleCase]) -> gr.Bl
         details = gr.JSON(label="Full reading")
         inputs = [radiograph, sex, age, birth_date, exam_date, patient]
         outputs = [bone_age, gap, z_score, stage, enhanced, heatmap, chart, pdf, details, model_info]
-        button.click(make_predict(predictor), inputs, outputs, api_name="predict")
+        # a reading is never left beside an image or inputs it was not made from (a rejected
+        # upload, a bad age): results are cleared on a new upload and before every reading
+        clear = {"fn": cleared_outputs, "outputs": outputs, "queue": False, "api_visibility": "private"}
+        radiograph.change(**clear)
+        button.click(**clear).then(make_predict(predictor), inputs, outputs, api_name="predict")
         radiograph.upload(dicom_defaults, radiograph, [sex, birth_date, exam_date], api_visibility="private")
         if examples:
             gr.Examples(

@@ -31,12 +31,19 @@ def page(app_url, tmp_path_factory):
         browser.close()
 
 
+def _upload(page, path) -> None:
+    clear = page.locator("#radiograph button[aria-label='Clear']")
+    if clear.count():
+        clear.first.click()
+    page.locator("input[type=file]").first.set_input_files(str(path))
+
+
 def _textbox(page, elem_id: str):
     return page.locator(f"#{elem_id} textarea")
 
 
 def test_upload_choose_sex_and_age_read_the_result(page, radiograph, tmp_path):
-    page.locator("input[type=file]").first.set_input_files(str(radiograph))
+    _upload(page, radiograph)
     page.get_by_label("Female").check()
     page.get_by_label("Chronological age", exact=True).fill("10y3m")
     page.get_by_role("button", name="Assess bone age").click()
@@ -85,8 +92,7 @@ def test_dicom_upload_prefills_sex_and_dates(page, radiograph, tmp_path):
         PatientName="Doe^John",
     )
     page.get_by_label("Female").check()
-    page.locator("#radiograph button[aria-label='Clear']").first.click()
-    page.locator("input[type=file]").first.set_input_files(str(dicom))
+    _upload(page, dicom)
     expect(page.get_by_label("Male", exact=True)).to_be_checked(timeout=30_000)
     page.get_by_text("…or from dates").click()
     expect(page.get_by_label("Birth date")).to_have_value("2013-01-05")
@@ -103,3 +109,21 @@ def test_bad_age_shows_an_error_in_the_page(page, radiograph):
     page.get_by_label("Chronological age", exact=True).fill("ten years")
     page.get_by_role("button", name="Assess bone age").click()
     expect(page.get_by_text("is not a number").first).to_be_visible(timeout=30_000)
+
+
+def test_a_rejected_radiograph_says_why_and_leaves_no_earlier_reading(page, radiograph, tmp_path):
+    from nonhand import other_body_part_pictures
+
+    chest = tmp_path / "chest.png"
+    chest.write_bytes(other_body_part_pictures()["chest.png"])
+    _upload(page, radiograph)
+    page.get_by_label("Female").check()
+    page.get_by_label("Chronological age", exact=True).fill("120")
+    page.get_by_role("button", name="Assess bone age").click()
+    expect(_textbox(page, "bone-age")).to_have_value(re.compile(r"^\d+\.\d months"), timeout=60_000)
+    _upload(page, chest)
+    page.get_by_role("button", name="Assess bone age").click()
+    expect(page.get_by_text("Rejected").first).to_be_visible(timeout=60_000)
+    for elem_id in ("bone-age", "gap", "z-score", "stage"):
+        expect(_textbox(page, elem_id)).to_have_value("")
+    expect(page.locator("#heatmap img")).to_have_count(0)
