@@ -191,6 +191,7 @@ def _train(args: argparse.Namespace) -> int:
         resume=args.resume,
         middle_blocks=args.middle_blocks,
         age_group_head=args.age_group_head,
+        augment_strength=args.augment,
         mixed_precision=not args.fp32,
         limit=args.limit,
         verbose=1 if sys.stdout.isatty() or args.progress else 2,
@@ -245,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         "--middle-blocks", type=int, help="with --resume: grow the middle flow to this many blocks"
     )
     p.add_argument("--age-group-head", action="store_true", help="add the 5-group head (5*MAE + CE)")
+    p.add_argument(
+        "--augment", type=float, default=1.0, help="scale of rotation/zoom/shift/brightness/contrast (0 to 1)"
+    )
     p.add_argument("--fp32", action="store_true", help="disable mixed bfloat16")
     p.add_argument("--folds", type=int, default=1, help="K-fold cross-validation on the train split")
     p.add_argument("--seed", type=int, default=42)

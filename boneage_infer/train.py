@@ -84,26 +84,28 @@ def acquisition_variant(pixels: np.ndarray, rng: np.random.Generator) -> np.ndar
     return image
 
 
-def augment(enhanced: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+def augment(enhanced: np.ndarray, rng: np.random.Generator, size: int, strength: float = 1.0) -> np.ndarray:
     """A CLAHE-enhanced canonical image with random geometry and grey levels, as one model
     input: horizontal flip, rotation ±14°, zoom −15/+10 %, shift ±6 % (one affine warp,
-    black outside the radiograph), brightness ±10 %, contrast ±20 %; then resized and
-    scaled exactly as at inference (``preprocessing.to_model_input``)."""
+    black outside the radiograph), brightness ±10 %, contrast ±20 % (ranges times
+    ``strength``); then resized and scaled exactly as at inference
+    (``preprocessing.to_model_input``)."""
     height, width = enhanced.shape
     if rng.random() < 0.5:
         enhanced = enhanced[:, ::-1]
-    zoom = 1.0 / (1.0 + rng.uniform(-0.15, 0.1))  # a negative factor zooms in
-    matrix = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), rng.uniform(-14.4, 14.4), zoom)
-    matrix[:, 2] += rng.uniform(-0.06, 0.06, 2) * (width, height)
+    zoom = 1.0 / (1.0 + strength * rng.uniform(-0.15, 0.1))  # a negative factor zooms in
+    angle = strength * rng.uniform(-14.4, 14.4)
+    matrix = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), angle, zoom)
+    matrix[:, 2] += strength * rng.uniform(-0.06, 0.06, 2) * (width, height)
     image = cv2.warpAffine(
         np.ascontiguousarray(enhanced, np.float32), matrix, (width, height), flags=cv2.INTER_LINEAR
     )
-    image += rng.uniform(-0.1, 0.1) * 255.0
-    image = (image - image.mean()) * rng.uniform(0.8, 1.2) + image.mean()
+    image += strength * rng.uniform(-0.1, 0.1) * 255.0
+    image = (image - image.mean()) * (1.0 + strength * rng.uniform(-0.2, 0.2)) + image.mean()
     return preprocessing.to_model_input(np.clip(image, 0.0, 255.0), size)
 
 
-def _dataset(canonical, male, targets, size: int, batch_size: int, seed: int):
+def _dataset(canonical, male, targets, size: int, batch_size: int, seed: int, strength: float):
     """Batches of augmented training inputs: acquisition variant, CLAHE, then geometry and
     grey levels (``augment``), all in OpenCV (a third of the cost of Keras' image layers)."""
     import tensorflow as tf
@@ -111,7 +113,7 @@ def _dataset(canonical, male, targets, size: int, batch_size: int, seed: int):
     rng = np.random.default_rng(seed)
 
     def one_input(pixels: np.ndarray) -> np.ndarray:
-        return augment(preprocessing.clahe(acquisition_variant(pixels, rng)), rng, size)
+        return augment(preprocessing.clahe(acquisition_variant(pixels, rng)), rng, size, strength)
 
     def transform(image, inputs_sex, target):
         image = tf.numpy_function(one_input, [image], tf.float32, stateful=True)
@@ -202,6 +204,7 @@ def train(
     resume: Path | None = None,
     middle_blocks: int | None = None,
     age_group_head: bool = False,
+    augment_strength: float = 1.0,
     mixed_precision: bool = True,
     seed: int = 42,
     train_ids: list[str] | None = None,
@@ -209,7 +212,9 @@ def train(
     limit: int | None = None,
     verbose: int = 1,
 ) -> dict:
-    """Train one model; returns the best val metrics. ``train_ids``/``val_ids`` override the split."""
+    """Train one model; returns the best val metrics. ``train_ids``/``val_ids`` override the split;
+    ``augment_strength`` scales the geometry and grey-level ranges (the acquisition variants
+    stay at full strength), e.g. 0.5 for the last epochs."""
     import keras
 
     keras.utils.set_random_seed(seed)
@@ -337,7 +342,9 @@ def train(
 
     epoch = 0
     for size, epochs in plan:
-        dataset = _dataset(train_images, train_cases.male, targets, size, batch_size, seed + epoch)
+        dataset = _dataset(
+            train_images, train_cases.male, targets, size, batch_size, seed + epoch, augment_strength
+        )
         model.fit(
             dataset,
             epochs=epoch + epochs,

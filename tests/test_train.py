@@ -112,3 +112,7 @@ def test_augmented_inputs_are_the_same_radiograph_moved_and_scaled_like_serving(
     assert np.median([similarity(x) for x in inputs]) > 0.5
     other = to_model_input(clahe(data.canonical_images(val.subset(np.arange(len(val)) == 1))[0]), 256)
     assert similarity(other) < np.median([similarity(x) for x in inputs])
+    # --augment scales the ranges: at 0 only the flip is left; half strength stays closer
+    assert all(similarity(augment(enhanced, rng, 256, strength=0.0)) > 0.999 for _ in range(5))
+    milder = [similarity(augment(enhanced, rng, 256, strength=0.5)) for _ in range(20)]
+    assert np.median(milder) > np.median([similarity(x) for x in inputs])
