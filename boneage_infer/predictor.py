@@ -226,7 +226,7 @@ class BoneAgePredictor:
             by_sex = {s: float(m) for (k, s), m in zip(owners, months) if k == n}
             first = next(i for i, (k, _) in enumerate(owners) if k == n)
             if self.novelty is not None:
-                verdict = self.novelty.check(features[first])
+                verdict = self.novelty.check(features[first], prepared.quality.noise_sigma)
                 if not verdict.accepted:
                     readings.append(RejectedImage(verdict))
                     continue

@@ -35,6 +35,11 @@ MIN_GREY_LEVELS = 12  # levels holding 99% of pixels; RSNA val has 23 or more
 # grass, gravel and brick have 13.7 or more
 MAX_LAPLACIAN = 12.0
 MIN_EDGE = 110.0  # 99.9th percentile of the Sobel gradient at 299 px; RSNA val has 164 or more
+# Immerkaer noise sigma at 299 px in grey levels of the stretched image: RSNA val 0.09-1.01
+# (median 0.53); with sigma-1 noise added to the file, median 1.31; sigma 2, 1.35 or more. The
+# model reads such images less reliably (sigma 2 moves readings by 3 months on average;
+# weights/README.md, robustness).
+GRAINY_NOISE_SIGMA = 1.2
 LOW_CONTRAST_LEVELS = 48
 LOW_CONTRAST_STD = 11.0
 MIN_CUT_FINGERS = 3
@@ -60,6 +65,7 @@ class Quality:
     accepted: bool
     reason: str
     warnings: list[str] = field(default_factory=list)
+    noise_sigma: float = 0.0  # estimated grey-level noise at 299 px (``noise_sigma``)
 
     def to_dict(self) -> dict:
         return {"accepted": self.accepted, "reason": self.reason}
@@ -90,6 +96,15 @@ def cut_fingers(grey: np.ndarray) -> int:
     edges = np.flatnonzero(np.diff(top))
     lengths = edges[1::2] - edges[::2]
     return int(np.sum((lengths >= 4) & (lengths <= 45)))
+
+
+def noise_sigma(grey: np.ndarray) -> float:
+    """Standard deviation of the image noise in grey levels, from the mean absolute response
+    to a Laplacian difference mask that cancels edges and gradients (Immerkaer J. Fast noise
+    variance estimation. Comput Vis Image Underst 1996;64(2):300-302)."""
+    mask = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float64)
+    response = cv2.filter2D(grey.astype(np.float64), -1, mask)[1:-1, 1:-1]
+    return float(np.sqrt(np.pi / 2) * np.abs(response).mean() / 6)
 
 
 def image_checks(radiograph: Radiograph) -> Quality:
@@ -124,6 +139,12 @@ def image_checks(radiograph: Radiograph) -> Quality:
             "or a radiograph of a larger body part?)",
         )
     warnings = []
+    noise = noise_sigma(grey)
+    if noise > GRAINY_NOISE_SIGMA:
+        warnings.append(
+            f"Grainy image (noise about {noise:.1f} grey levels; the training radiographs have under 1): "
+            "the reading may be less accurate."
+        )
     if radiograph.original_levels < LOW_CONTRAST_LEVELS or values.std() < LOW_CONTRAST_STD:
         warnings.append("Low contrast image: the reading may be less accurate.")
     if cut_fingers(grey) >= MIN_CUT_FINGERS:
@@ -131,7 +152,8 @@ def image_checks(radiograph: Radiograph) -> Quality:
             "The fingers seem cut by the top edge (heavy cropping?): "
             "check that the whole hand and wrist are shown."
         )
-    return Quality(True, "usable hand radiograph" if not warnings else "usable, with warnings", warnings)
+    reason = "usable hand radiograph" if not warnings else "usable, with warnings"
+    return Quality(True, reason, warnings, noise)
 
 
 @dataclass
@@ -165,15 +187,21 @@ class NoveltyModel:
         )
         return distance, residual
 
-    def check(self, features: np.ndarray) -> Quality:
+    def check(self, features: np.ndarray, noise: float = 0.0) -> Quality:
+        """Accept features like the training radiographs'; ``noise`` (``noise_sigma``) words the reason."""
         distance, residual = (float(v[0]) for v in self.scores(features))
-        if distance > self.max_distance or residual > self.max_residual:
-            return Quality(
-                False,
-                "does not look like a hand radiograph (unlike every training radiograph: "
-                "another body part, or not a radiograph?)",
+        if distance <= self.max_distance and residual <= self.max_residual:
+            return Quality(True, "usable hand radiograph")
+        reason = (
+            "does not look like a hand radiograph (unlike every training radiograph: "
+            "another body part, or not a radiograph?)"
+        )
+        if noise > GRAINY_NOISE_SIGMA:  # texture also raises the estimate: say both, decide neither
+            reason += (
+                f"; if it is one, it is grainier than any training radiograph (noise about {noise:.1f} "
+                "grey levels, they have under 1): a less noisy image or export may be read"
             )
-        return Quality(True, "usable hand radiograph")
+        return Quality(False, reason)
 
     def save(self, path: Path) -> None:
         np.savez(
