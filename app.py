@@ -6,6 +6,7 @@ The named API endpoint ``/predict`` takes (file, sex, age, birth date, exam date
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import tempfile
@@ -24,9 +25,12 @@ KEEP_FILES_SECONDS = 3600  # reports and Gradio's copies of uploads are deleted 
 
 
 def report_folder() -> Path:
-    """A fresh folder for one PDF report; report folders older than KEEP_FILES_SECONDS are removed."""
-    reports = Path(tempfile.gettempdir()) / "boneage-reports"
-    reports.mkdir(exist_ok=True)
+    """A fresh folder for one PDF report; report folders older than KEEP_FILES_SECONDS are removed.
+
+    The parent is per user: a shared one made by another user would not be writable."""
+    owner = str(os.getuid()) if hasattr(os, "getuid") else getpass.getuser()
+    reports = Path(tempfile.gettempdir()) / f"boneage-reports-{owner}"
+    reports.mkdir(mode=0o700, exist_ok=True)
     for old in reports.iterdir():
         if old.stat().st_mtime < time.time() - KEEP_FILES_SECONDS:
             shutil.rmtree(old, ignore_errors=True)

@@ -43,14 +43,15 @@ def test_reading_over_the_api(client, radiograph):
 
 
 def test_old_pdf_reports_are_swept(client, radiograph, app_tmpdir):
-    stale = app_tmpdir / "boneage-reports" / "stale"
+    reports = app_tmpdir / f"boneage-reports-{os.getuid()}"
+    stale = reports / "stale"
     stale.mkdir(parents=True, exist_ok=True)
     (stale / "bone_age_report.pdf").write_bytes(b"%PDF-1.4 old")
     two_hours_ago = time.time() - 7200
     os.utime(stale, (two_hours_ago, two_hours_ago))
     predict(client, radiograph)
     assert not stale.exists()
-    assert list((app_tmpdir / "boneage-reports").glob("*/bone_age_report.pdf"))  # this reading's report
+    assert list(reports.glob("*/bone_age_report.pdf"))  # this reading's report
 
 
 def test_age_from_dates(client, radiograph):
