@@ -69,6 +69,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     months: dict[str, list[float]] = {}
     reference: dict[str, list[float]] = {}
+    grainy: dict[str, int] = {}  # accepted readings that carry the grainy-image warning
     for path, truth, male in zip(cases.paths[: args.n], cases.bone_age_months, cases.male):
         variants = degradations(preprocessing.read_radiograph(path).pixels, rng)
         sex = "M" if male else "F"
@@ -82,6 +83,7 @@ def main() -> None:
             months.setdefault(name, []).append(reading.bone_age_months)
             months.setdefault(f"{name}:clean", []).append(clean.bone_age_months)
             reference.setdefault(name, []).append(float(truth))
+            grainy[name] = grainy.get(name, 0) + any(w.startswith("Grainy") for w in reading.warnings)
     result: dict = {"model_version": predictor.model_version, "n": len(months["clean"])}
     for name in reference:
         read, clean, truth = (np.array(x) for x in (months[name], months[f"{name}:clean"], reference[name]))
@@ -92,6 +94,7 @@ def main() -> None:
             "shift_mean": round(float(shift.mean()), 2),
             "shift_p90": round(float(np.percentile(shift, 90)), 2),
             "shift_max": round(float(shift.max()), 1),
+            "grain_warnings": grainy[name],
         }
     print(json.dumps(result))
 
