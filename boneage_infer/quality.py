@@ -142,7 +142,7 @@ def image_checks(radiograph: Radiograph) -> Quality:
     noise = noise_sigma(grey)
     if noise > GRAINY_NOISE_SIGMA:
         warnings.append(
-            f"Grainy image (noise about {noise:.1f} grey levels; the training radiographs have under 1): "
+            f"Grainy image (noise about {noise:.1f} grey levels; the training radiographs have 1 at most): "
             "the reading may be less accurate."
         )
     if radiograph.original_levels < LOW_CONTRAST_LEVELS or values.std() < LOW_CONTRAST_STD:
@@ -199,7 +199,7 @@ class NoveltyModel:
         if noise > GRAINY_NOISE_SIGMA:  # texture also raises the estimate: say both, decide neither
             reason += (
                 f"; if it is one, it is grainier than any training radiograph (noise about {noise:.1f} "
-                "grey levels, they have under 1): a less noisy image or export may be read"
+                "grey levels, they have 1 at most): a less noisy image or export may be read"
             )
         return Quality(False, reason)
 
