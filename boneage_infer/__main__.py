@@ -1,4 +1,4 @@
-"""Command line: ``python -m boneage_infer {predict,evaluate,train} ...``."""
+"""Command line: ``python -m boneage_infer {predict,evaluate,train,calibrate} ...``."""
 
 from __future__ import annotations
 
