@@ -1,4 +1,4 @@
-"""Command line: ``python -m boneage_infer {predict,evaluate,train,calibrate} ...``."""
+"""Command line: ``python -m boneage_infer {predict,evaluate,train,calibrate,average} ...``."""
 
 from __future__ import annotations
 
@@ -180,6 +180,19 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _average(args: argparse.Namespace) -> int:
+    from .weights import WeightsError, average_weights
+
+    try:
+        average_weights(args.folders, args.out, args.version or args.out.name)
+    except (OSError, ValueError, WeightsError) as exc:
+        _print_error("average", exc)
+        return 2
+    print(f"Wrote {args.out}; now recompute its BatchNorm statistics and calibrate it:")
+    print(f"  python -m boneage_infer calibrate --data DATA --weights {args.out} --recompute-bn")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from .train import cross_validate, train
 
@@ -276,6 +289,12 @@ def main(argv: list[str] | None = None) -> int:
         "--recompute-bn", action="store_true", help="first recompute BatchNorm statistics (precise BN)"
     )
     p.set_defaults(run=_calibrate)
+
+    p = commands.add_parser("average", help="average the weights of checkpoints of one model (model soup)")
+    p.add_argument("folders", type=Path, nargs="+", help="weights folders, e.g. runs/A/best runs/B/best")
+    p.add_argument("--out", type=Path, required=True, help="new weights folder")
+    p.add_argument("--version", help="model version for the manifest (default: the folder name)")
+    p.set_defaults(run=_average)
 
     args = parser.parse_args(argv)
     return args.run(args)

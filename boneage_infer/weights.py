@@ -132,3 +132,25 @@ def load_model(folder: str | Path):
     except Exception as exc:  # h5py/keras raise several types for bad files
         raise WeightsError(f"Cannot load {folder / WEIGHTS_FILE}: {exc}") from None
     return model, config, manifest
+
+
+def average_weights(folders: list[Path], out: Path, version: str) -> None:
+    """Write the element-wise mean of several checkpoints of one architecture to ``out``
+    (weight averaging, "model soup": Wortsman et al., ICML 2022). Useful for runs fine-tuned
+    from the same weights; BatchNorm statistics must then be recomputed
+    (``calibrate --recompute-bn``)."""
+    import numpy as np
+
+    if len(folders) < 2:
+        raise ValueError("Give at least two weights folders to average.")
+    if Path(out).exists() and any(Path(out).iterdir()):
+        raise ValueError(f"{out} already exists and is not empty: choose a new folder.")
+    model, config, _ = load_model(folders[0])
+    total = [np.asarray(w, dtype=np.float64) for w in model.get_weights()]
+    for folder in folders[1:]:
+        other, other_config, _ = load_model(folder)
+        if other_config != config:
+            raise WeightsError(f"{folder} is not the same model as {folders[0]}: {other_config} vs {config}")
+        total = [t + w for t, w in zip(total, other.get_weights())]
+    model.set_weights([(t / len(folders)).astype(w.dtype) for t, w in zip(total, model.get_weights())])
+    save_weights(model, config, out, version)

@@ -1,15 +1,20 @@
-"""Weights: bundled copy, sha256 manifest, Hub download from a local server, offline fallback."""
+"""Weights: bundled copy, sha256 manifest, Hub download from a local server, offline fallback,
+averaging checkpoints."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
+import keras
+import numpy as np
 import pytest
 from conftest import run_cli
 from hub_server import HubServer
 
-from boneage_infer.weights import BUNDLED_WEIGHTS, WeightsError, load_model, verify
+from boneage_infer.model import MODELS, build_model
+from boneage_infer.weights import BUNDLED_WEIGHTS, WeightsError, load_model, save_weights, verify
 
 REPO = "boneage/xception-rsna"
 
@@ -97,3 +102,35 @@ def test_offline_without_cache_is_a_clear_error(tmp_path, radiograph):
     env = {**_hub_env(tmp_path, "http://127.0.0.1:9"), "HF_HUB_OFFLINE": "1"}
     result = run_cli("predict", str(radiograph), "--sex", "M", env=env)
     assert result.returncode == 3 and "Could not get weights" in result.stderr
+
+
+def test_average_writes_the_mean_of_checkpoints_of_one_model(tmp_path, capsys):
+    from boneage_infer.__main__ import main
+
+    config = MODELS["xception-tiny"]
+    folders = []
+    for seed in (1, 2):
+        keras.utils.set_random_seed(seed)
+        folders.append(tmp_path / f"run{seed}")
+        save_weights(build_model(config), config, folders[-1], f"tiny-{seed}")
+    assert main(["average", *map(str, folders), "--out", str(tmp_path / "soup")]) == 0
+    soup, soup_config, manifest = load_model(tmp_path / "soup")  # verifies the new manifest
+    assert manifest["version"] == "soup" and soup_config == config
+    first, second = (load_model(folder)[0].get_weights() for folder in folders)
+    assert any(not np.array_equal(a, b) for a, b in zip(first, second))
+    for mean, a, b in zip(soup.get_weights(), first, second):
+        np.testing.assert_allclose(mean, (a + b) / 2, rtol=1e-6)
+
+    # bad inputs: a clear message, exit status 2, nothing written
+    deeper = replace(config, middle_blocks=config.middle_blocks + 1)
+    save_weights(build_model(deeper), deeper, tmp_path / "deeper", "deeper")
+    for argv, message in (
+        ([folders[0], tmp_path / "deeper"], "is not the same model"),
+        ([folders[0], tmp_path / "missing"], "No manifest.json"),
+        ([folders[0]], "at least two"),
+    ):
+        assert main(["average", *map(str, argv), "--out", str(tmp_path / "bad")]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()
+    assert main(["average", *map(str, folders), "--out", str(tmp_path / "soup")]) == 2
+    assert "already exists" in capsys.readouterr().err
