@@ -194,15 +194,20 @@ def _average(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import cross_validate, train
+    from .train import check_models, cross_validate, train
 
+    try:
+        check_models(args.model, args.grow, args.resume)
+    except ValueError as exc:
+        _print_error("train", exc)
+        return 2
     options = dict(
         model_name=args.model,
         stages=args.stages,
         batch_size=args.batch_size,
         learning_rate=args.lr,
         resume=args.resume,
-        middle_blocks=args.middle_blocks,
+        grow_into=args.grow,
         age_group_head=args.age_group_head,
         augment_strength=args.augment,
         mixed_precision=not args.fp32,
@@ -249,14 +254,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True, help="folder with images/, labels.csv, splits.csv")
     p.add_argument("--out", type=Path, required=True, help="run folder, e.g. runs/NAME")
     p.add_argument(
-        "--model", default="xception-small", help="xception-small (default), xception-half or xception"
+        "--model",
+        default="xception-small",
+        help="xception-small (default), xception-half, xception-wide or xception",
     )
     p.add_argument("--stages", default="224:8", help="input size and epochs per stage, e.g. 160:2,224:6")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay)")
     p.add_argument("--resume", type=Path, help="weights folder to start from, e.g. weights/")
     p.add_argument(
-        "--middle-blocks", type=int, help="with --resume: grow the middle flow to this many blocks"
+        "--grow",
+        help="with --resume: grow the model into this deeper or wider one (it reads the same at first)",
     )
     p.add_argument("--age-group-head", action="store_true", help="add the 5-group head (5*MAE + CE)")
     p.add_argument(

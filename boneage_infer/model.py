@@ -4,16 +4,18 @@
 configurations. ``xception`` is the canonical keras.applications.Xception topology
 (width 1, 8 middle-flow blocks); ``xception-small`` is the half-width, 4-block
 variant that trains at a useful speed on a 2-core CPU; ``xception-half`` has the canonical
-8 blocks at half width (``deepen`` grows a trained small model into it).
+8 blocks at half width and ``xception-wide`` the same at three-quarter width. ``grow`` turns a
+trained model into a deeper (``deepen``) or wider (``widen``) one that reads the same.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import keras
+import numpy as np
 from keras import layers
 
 AGE_GROUP_EDGES_MONTHS = (24, 72, 120, 168)  # 5 bone-age groups for the optional head
@@ -46,6 +48,7 @@ MODELS: dict[str, ModelConfig] = {
     "xception": ModelConfig(name="xception", width=1.0, middle_blocks=8, channels=3, input_size=299),
     "xception-small": ModelConfig(),
     "xception-half": ModelConfig(name="xception-half", middle_blocks=8),  # canonical depth, half width
+    "xception-wide": ModelConfig(name="xception-wide", width=0.75, middle_blocks=8),
     "xception-tiny": ModelConfig(name="xception-tiny", width=0.125, middle_blocks=1, input_size=96),  # tests
 }
 
@@ -140,3 +143,96 @@ def deepen(source: keras.Model, config: ModelConfig) -> keras.Model:
         elif layer.name.startswith("middle") and layer.name.endswith("_c_bn"):
             layer.gamma.assign(keras.ops.zeros_like(layer.gamma))
     return target
+
+
+def _channel_groups(config: ModelConfig) -> dict[str, tuple[str, str]]:
+    """Each convolution unit (layer-name prefix) -> the channel groups it reads and writes.
+
+    A group is a set of channels that must be widened alike: the outputs of a down block
+    and its shortcut, and the whole middle-flow residual stream, are added together.
+    """
+    units = {"entry1": ("image", "entry1"), "entry2": ("entry1", "entry2")}
+    stream = "entry2"
+    blocks = ["entry3", "entry4", "entry5", *(f"middle{i}" for i in range(config.middle_blocks)), "exit1"]
+    for block in blocks:
+        if block.startswith("middle"):
+            units |= {
+                f"{block}_a": (stream, f"{block}_a"),
+                f"{block}_b": (f"{block}_a", f"{block}_b"),
+                f"{block}_c": (f"{block}_b", stream),
+            }
+        else:
+            units |= {
+                f"{block}_res": (stream, block),
+                f"{block}_a": (stream, f"{block}_a"),
+                f"{block}_b": (f"{block}_a", block),
+            }
+            stream = block
+    return units | {"exit2": ("exit1", "exit2"), "exit3": ("exit2", "exit3")}
+
+
+def widen(source: keras.Model, config: ModelConfig, seed: int = 0) -> keras.Model:
+    """Build ``config`` (a larger width) and fill it so that it reads exactly as ``source``.
+
+    Net2WiderNet (Chen et al. 2016): every new channel copies a random old one (kernel and
+    batch norm); the layers reading a copied channel split its weight among the copies. The
+    split is random rather than even, so the copies get different gradients and part ways.
+    """
+    target = build_model(config)
+    rng = np.random.default_rng(seed)
+    units = _channel_groups(config)
+    old_size = {
+        units[n.rsplit("_", 1)[0]][1]: source.get_layer(n).get_weights()[0].shape[0]
+        for n in _bn_names(source)
+    }
+    new_size = {
+        units[n.rsplit("_", 1)[0]][1]: target.get_layer(n).get_weights()[0].shape[0]
+        for n in _bn_names(target)
+    }
+    mapping, share = {"image": np.arange(config.channels)}, {"image": np.ones(config.channels)}
+    for group, old in old_size.items():
+        mapping[group] = np.concatenate([np.arange(old), rng.integers(0, old, new_size[group] - old)])
+        weight = rng.uniform(0.5, 1.5, new_size[group])
+        share[group] = weight / np.bincount(mapping[group], weights=weight)[mapping[group]]
+    for layer in (layer for layer in target.layers if layer.weights):
+        weights = source.get_layer(layer.name).get_weights()
+        prefix = layer.name.rsplit("_", 1)[0]
+        if prefix in units:
+            read, write = units[prefix]
+            if isinstance(layer, layers.BatchNormalization):
+                weights = [w[mapping[write]] for w in weights]
+            else:  # Conv2D [kernel] or SeparableConv2D [depthwise, pointwise]: the last reads
+                *depthwise, kernel = weights
+                depthwise = [w[:, :, mapping[read]] for w in depthwise]
+                kernel = kernel[:, :, mapping[read]] * share[read][:, None]
+                weights = [*depthwise, kernel[..., mapping[write]]]
+        elif layer.name == "head_dense":  # reads [pooled exit3 features, 16 sex features]
+            kernel, bias = weights
+            old = old_size["exit3"]
+            rows = np.concatenate([mapping["exit3"], np.arange(old, kernel.shape[0])])
+            scale = np.concatenate([share["exit3"], np.ones(kernel.shape[0] - old)])
+            weights = [kernel[rows] * scale[:, None], bias]
+        layer.set_weights(weights)
+    return target
+
+
+def _bn_names(model: keras.Model) -> list[str]:
+    return [layer.name for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
+
+
+def grow(source: keras.Model, source_config: ModelConfig, config: ModelConfig) -> keras.Model:
+    """``source`` grown into the deeper and/or wider ``config``, reading as ``source`` does."""
+    if (
+        config.middle_blocks < source_config.middle_blocks
+        or config.width < source_config.width
+        or config.channels != source_config.channels
+    ):
+        raise ValueError(
+            f"cannot grow {source_config.name} (width {source_config.width}, {source_config.middle_blocks} "
+            f"middle blocks, {source_config.channels} channel) into {config.name} (width {config.width}, "
+            f"{config.middle_blocks} middle blocks, {config.channels} channels): only deeper or wider"
+        )
+    deeper = replace(source_config, middle_blocks=config.middle_blocks)
+    if deeper.middle_blocks != source_config.middle_blocks:
+        source = deepen(source, deeper)
+    return widen(source, config) if config.width != source_config.width else source

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from . import data, metrics, preprocessing
-from .model import AGE_GROUP_EDGES_MONTHS, MODELS, ModelConfig, build_model, deepen
+from .model import AGE_GROUP_EDGES_MONTHS, MODELS, ModelConfig, build_model, grow
 from .weights import CONFIG_FILE, WEIGHTS_FILE, save_weights
 
 BN_IMAGES = 1024  # clean train radiographs for the BatchNorm statistics after each epoch
@@ -194,6 +194,15 @@ def _plot_curve(log_rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def check_models(model_name: str, grow_into: str | None, resume: Path | None) -> None:
+    """Raise ValueError, before any work, for an unknown model or a --grow without --resume."""
+    for name in filter(None, (model_name, grow_into)):
+        if name not in MODELS:
+            raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    if grow_into and not resume:
+        raise ValueError("--grow needs --resume: it grows a trained model")
+
+
 def train(
     data_root: Path,
     out: Path,
@@ -202,7 +211,7 @@ def train(
     batch_size: int = 16,
     learning_rate: float = 1e-3,
     resume: Path | None = None,
-    middle_blocks: int | None = None,
+    grow_into: str | None = None,
     age_group_head: bool = False,
     augment_strength: float = 1.0,
     mixed_precision: bool = True,
@@ -213,10 +222,12 @@ def train(
     verbose: int = 1,
 ) -> dict:
     """Train one model; returns the best val metrics. ``train_ids``/``val_ids`` override the split;
+    ``grow_into`` names a deeper or wider registry model to grow the resumed one into;
     ``augment_strength`` scales the geometry and grey-level ranges (the acquisition variants
     stay at full strength), e.g. 0.5 for the last epochs."""
     import keras
 
+    check_models(model_name, grow_into, resume)
     keras.utils.set_random_seed(seed)
     if mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
@@ -253,15 +264,11 @@ def train(
     model = build_model(config)
     if resume:
         model.load_weights(Path(resume) / WEIGHTS_FILE)
-    if middle_blocks and middle_blocks != config.middle_blocks:
-        if middle_blocks < config.middle_blocks or not resume:
-            raise ValueError("--middle-blocks can only deepen a resumed model")
-        name = next(
-            (n for n, c in MODELS.items() if (c.width, c.middle_blocks) == (config.width, middle_blocks)),
-            config.name,
-        )
-        config = replace(config, name=name, middle_blocks=middle_blocks)
-        model = deepen(model, config)
+    if grow_into:
+        target = MODELS[grow_into]
+        grown = replace(config, name=target.name, width=target.width, middle_blocks=target.middle_blocks)
+        model = grow(model, config, replace(grown, channels=target.channels))
+        config = grown
 
     z = (train_cases.bone_age_months - config.target_mean_months) / config.target_std_months
     targets = {"bone_age_z": z.astype(np.float32)[:, None]}

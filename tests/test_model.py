@@ -1,4 +1,4 @@
-"""The network: canonical Xception topology, configurable size, deepening, config round trip."""
+"""The network: canonical Xception topology, configurable size, growing (deeper, wider), config round trip."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ from dataclasses import replace
 
 import keras
 import numpy as np
+import pytest
 from conftest import DATA
 
 from boneage_infer import data, preprocessing
-from boneage_infer.model import MODELS, ModelConfig, build_model, deepen, xception_backbone
+from boneage_infer.model import MODELS, ModelConfig, build_model, deepen, grow, xception_backbone
 
 
 def _backbone(config: ModelConfig, size: int) -> keras.Model:
@@ -42,23 +43,63 @@ def test_config_round_trip(tmp_path):
     assert ModelConfig.load(tmp_path / "config.json") == config
 
 
-def test_deepening_keeps_the_reading_and_adds_trainable_blocks():
-    config = replace(MODELS["xception-tiny"], middle_blocks=1)
-    source = build_model(config)
+def _trained_looking(config: ModelConfig) -> keras.Model:
+    """A model with non-trivial batch-norm statistics, as a trained one has."""
+    model = build_model(config)
     rng = np.random.default_rng(0)
-    for layer in source.layers:  # non-trivial batch-norm statistics, as in a trained model
+    for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             gamma, beta, mean, var = layer.get_weights()
             layer.set_weights([gamma * 1.5, beta + 0.1, mean + rng.normal(0, 0.1, mean.shape), var * 2])
+    return model
+
+
+def _val_inputs(n: int = 3) -> dict:
+    val = data.load_split(DATA, "val")
+    val = val.subset(np.arange(len(val)) < n)
+    images = np.stack([preprocessing.to_model_input(e, 96) for e in data.enhanced_images(val)])
+    return {"image": images, "sex": val.male[:, None].astype("float32")}
+
+
+def test_deepening_keeps_the_reading_and_adds_trainable_blocks():
+    config = replace(MODELS["xception-tiny"], middle_blocks=1)
+    source = _trained_looking(config)
     deeper = deepen(source, replace(config, middle_blocks=3))
     assert deeper.count_params() > source.count_params()
     assert "middle2_add" in {layer.name for layer in deeper.layers}
-    val = data.load_split(DATA, "val")
-    val = val.subset(np.arange(len(val)) < 3)
-    images = np.stack([preprocessing.to_model_input(e, 96) for e in data.enhanced_images(val)])
-    inputs = {"image": images, "sex": val.male[:, None].astype("float32")}
+    inputs = _val_inputs()
     before = source.predict(inputs, verbose=0)["bone_age_z"]
     np.testing.assert_allclose(deeper.predict(inputs, verbose=0)["bone_age_z"], before, atol=1e-5)
     # the new blocks add nothing yet but can learn: gamma 0 at the end, ordinary weights inside
     assert np.all(deeper.get_layer("middle2_c_bn").gamma.numpy() == 0)
     assert np.any(deeper.get_layer("middle2_a_sepconv").get_weights()[0] != 0)
+
+
+def test_widening_keeps_the_reading_and_the_copied_channels_part_ways():
+    config = replace(MODELS["xception-tiny"], age_group_head=True)
+    source = _trained_looking(config)
+    wider_config = replace(config, width=0.25, middle_blocks=2)
+    wider = grow(source, config, wider_config)
+    assert wider.count_params() > 2 * source.count_params()
+    inputs = _val_inputs()
+    before = source.predict(inputs, verbose=0)
+    after = wider.predict(inputs, verbose=0)
+    for output in ("bone_age_z", "age_group"):
+        np.testing.assert_allclose(after[output], before[output], atol=1e-4)
+
+    # new channels are copies (identical kernels) until a training step moves them apart
+    def copies(model: keras.Model) -> int:
+        kernel = model.get_layer("middle0_a_sepconv").get_weights()[1][0, 0]  # (in, out)
+        return len(kernel.T) - len(np.unique(kernel.T, axis=0))
+
+    assert copies(wider) > 0
+    wider.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss={"bone_age_z": "mae", "age_group": "sparse_categorical_crossentropy"},
+    )
+    targets = {"bone_age_z": np.ones((3, 1), "float32"), "age_group": np.array([1, 2, 3])}
+    wider.fit(inputs, targets, epochs=1, verbose=0)
+    assert copies(wider) == 0
+
+    with pytest.raises(ValueError, match="only deeper or wider"):
+        grow(wider, wider_config, config)

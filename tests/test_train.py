@@ -52,6 +52,20 @@ def test_short_training_run_learns_and_checkpoints_reload(tmp_path):
     assert np.mean(np.abs(months - val.bone_age_months)) == pytest.approx(best["mae"], abs=1e-3)
 
 
+def test_train_refuses_an_unknown_model_or_growing_without_resume(tmp_path, capsys):
+    from boneage_infer.__main__ import main
+
+    out = tmp_path / "run"
+    for extra, message in (
+        (["--model", "resnet"], "unknown model 'resnet'; known: xception"),
+        (["--resume", "weights", "--grow", "xception-huge"], "unknown model 'xception-huge'"),
+        (["--grow", "xception-wide"], "--grow needs --resume"),
+    ):
+        assert main(["train", "--data", str(DATA), "--out", str(out), *extra]) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists()
+
+
 def test_shipped_weights_reach_the_card_figure_on_a_fixed_val_subset(predictor):
     card = json.loads((BUNDLED_WEIGHTS / "val_metrics.json").read_text())
     n = card["fixed_subset"]["n"]
