@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--fit-n", type=int, default=3000, help="train radiographs that define the feature space")
     p.add_argument(
-        "--held-out-n", type=int, default=1500, help="other train radiographs that set the gate's limits"
+        "--held-out-n", type=int, default=3000, help="other train radiographs that set the gate's limits"
     )
     p.add_argument(
         "--recompute-bn", action="store_true", help="first recompute BatchNorm statistics (precise BN)"

@@ -51,7 +51,7 @@ def calibrate(
     data_root: Path,
     weights: Path,
     fit_n: int = 3000,
-    held_out_n: int = 1500,
+    held_out_n: int = 3000,
     recompute_bn: bool = False,
     seed: int = 0,
 ) -> dict:
