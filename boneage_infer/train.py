@@ -266,9 +266,14 @@ def train(
         model.load_weights(Path(resume) / WEIGHTS_FILE)
     if grow_into:
         target = MODELS[grow_into]
-        grown = replace(config, name=target.name, width=target.width, middle_blocks=target.middle_blocks)
-        model = grow(model, config, replace(grown, channels=target.channels))
-        config = grown
+        grown = replace(
+            config,
+            name=target.name,
+            width=target.width,
+            middle_blocks=target.middle_blocks,
+            channels=target.channels,
+        )
+        model, config = grow(model, config, grown), grown
 
     z = (train_cases.bone_age_months - config.target_mean_months) / config.target_std_months
     targets = {"bone_age_z": z.astype(np.float32)[:, None]}
