@@ -9,8 +9,8 @@
   asks). Coverage on val, and a cross-fitted coverage (calibrate on one half of val,
   measure on the other), are written to calibration.json with the widths.
 * Novelty gate: pooled features of ``fit_n`` train radiographs fix the whitened PCA;
-  its limits are the 99.9th percentiles on ``held_out_n`` other train radiographs; the
-  acceptance rate on val is measured and written down.
+  its limit is the 99.9th percentile of the distance on ``held_out_n`` other train
+  radiographs; the acceptance rate on val is measured and written down.
 """
 
 from __future__ import annotations
@@ -87,8 +87,7 @@ def calibrate(
         errors[~part] <= half_widths(conformal_bands(months[part], errors[part]), months[~part])
         for part in (halves, ~halves)
     ]
-    distance, residual = novelty.scores(val_features)
-    accepted = (distance <= novelty.max_distance) & (residual <= novelty.max_residual)
+    accepted = novelty.distance(val_features) <= novelty.max_distance
     summary = {
         "interval_90_bands": bands,
         "interval_90_val_coverage": float(np.mean(errors <= width)),

@@ -9,9 +9,9 @@ Three layers:
   contrast and fingers cut by the top edge give warnings;
 * a novelty test on the network's own mid-level features (``NoveltyModel``, on the
   pooled output of the last middle-flow block): a whitened PCA of those features of
-  RSNA training radiographs; images far from them (other
-  body parts, natural images) are rejected. Its thresholds are set on held-out
-  training radiographs (``python -m boneage_infer calibrate``).
+  RSNA training radiographs; images far from them (other body parts, natural images)
+  are rejected. Its limit is set on held-out training radiographs
+  (``python -m boneage_infer calibrate``).
 """
 
 from __future__ import annotations
@@ -158,13 +158,17 @@ def image_checks(radiograph: Radiograph) -> Quality:
 
 @dataclass
 class NoveltyModel:
-    """Whitened-PCA distance of pooled network features from those of RSNA hand radiographs."""
+    """Whitened-PCA distance of pooled network features from those of RSNA hand radiographs.
+
+    Only the distance within the first ``k`` components is tested: the relative residual
+    outside them (tested up to the s15 average) rejected 5 of 1,259 val hands and none of the
+    non-hand images the distance let through.
+    """
 
     mean: np.ndarray
     components: np.ndarray  # (k, d)
     scales: np.ndarray  # (k,) standard deviation along each component
     max_distance: float  # mean squared whitened coordinate
-    max_residual: float  # relative norm of what the components do not explain
 
     @classmethod
     def fit(
@@ -172,25 +176,18 @@ class NoveltyModel:
     ) -> NoveltyModel:
         mean = features.mean(0)
         _, singular, vt = np.linalg.svd(features - mean, full_matrices=False)
-        model = cls(mean, vt[:k], singular[:k] / np.sqrt(len(features) - 1), np.inf, np.inf)
-        distance, residual = model.scores(held_out)
-        model.max_distance = float(np.percentile(distance, quantile))
-        model.max_residual = float(np.percentile(residual, quantile))
+        model = cls(mean, vt[:k], singular[:k] / np.sqrt(len(features) - 1), np.inf)
+        model.max_distance = float(np.percentile(model.distance(held_out), quantile))
         return model
 
-    def scores(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        centred = np.atleast_2d(features) - self.mean
-        coords = centred @ self.components.T
-        distance = np.mean((coords / self.scales) ** 2, axis=1)
-        residual = np.linalg.norm(centred - coords @ self.components, axis=1) / (
-            np.linalg.norm(centred, axis=1) + 1e-9
-        )
-        return distance, residual
+    def distance(self, features: np.ndarray) -> np.ndarray:
+        """Mean squared whitened coordinate of each feature vector (1 on average for training images)."""
+        coords = (np.atleast_2d(features) - self.mean) @ self.components.T
+        return np.mean((coords / self.scales) ** 2, axis=1)
 
     def check(self, features: np.ndarray, noise: float = 0.0) -> Quality:
         """Accept features like the training radiographs'; ``noise`` (``noise_sigma``) words the reason."""
-        distance, residual = (float(v[0]) for v in self.scores(features))
-        if distance <= self.max_distance and residual <= self.max_residual:
+        if float(self.distance(features)[0]) <= self.max_distance:
             return Quality(True, "usable hand radiograph")
         reason = (
             "does not look like a hand radiograph (unlike every training radiograph: "
@@ -209,11 +206,10 @@ class NoveltyModel:
             mean=self.mean,
             components=self.components,
             scales=self.scales,
-            limits=np.array([self.max_distance, self.max_residual]),
+            limits=np.array([self.max_distance]),
         )
 
     @classmethod
     def load(cls, path: Path) -> NoveltyModel:
         with np.load(path) as data:
-            limits = data["limits"]
-            return cls(data["mean"], data["components"], data["scales"], float(limits[0]), float(limits[1]))
+            return cls(data["mean"], data["components"], data["scales"], float(data["limits"][0]))
