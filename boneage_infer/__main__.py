@@ -194,10 +194,10 @@ def _average(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import check_models, cross_validate, train
+    from .train import check_options, cross_validate, train
 
     try:
-        check_models(args.model, args.grow, args.resume)
+        check_options(args.model, args.grow, args.resume, args.augment, args.acquisition)
     except ValueError as exc:
         _print_error("train", exc)
         return 2
@@ -210,6 +210,7 @@ def _train(args: argparse.Namespace) -> int:
         grow_into=args.grow,
         age_group_head=args.age_group_head,
         augment_strength=args.augment,
+        acquisition=args.acquisition,
         mixed_precision=not args.fp32,
         limit=args.limit,
         verbose=1 if sys.stdout.isatty() or args.progress else 2,
@@ -269,6 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--age-group-head", action="store_true", help="add the 5-group head (5*MAE + CE)")
     p.add_argument(
         "--augment", type=float, default=1.0, help="scale of rotation/zoom/shift/brightness/contrast (0 to 1)"
+    )
+    p.add_argument(
+        "--acquisition",
+        type=float,
+        default=1.0,
+        help="fraction of images given another acquisition's look (noise, blur, gamma, JPEG, framing)",
     )
     p.add_argument("--fp32", action="store_true", help="disable mixed bfloat16")
     p.add_argument("--folds", type=int, default=1, help="K-fold cross-validation on the train split")

@@ -105,15 +105,20 @@ def augment(enhanced: np.ndarray, rng: np.random.Generator, size: int, strength:
     return preprocessing.to_model_input(np.clip(image, 0.0, 255.0), size)
 
 
-def _dataset(canonical, male, targets, size: int, batch_size: int, seed: int, strength: float):
-    """Batches of augmented training inputs: acquisition variant, CLAHE, then geometry and
-    grey levels (``augment``), all in OpenCV (a third of the cost of Keras' image layers)."""
+def _dataset(
+    canonical, male, targets, size: int, batch_size: int, seed: int, strength: float, acquisition: float
+):
+    """Batches of augmented training inputs: an acquisition variant for a fraction
+    ``acquisition`` of them, CLAHE, then geometry and grey levels (``augment``), all in
+    OpenCV (a third of the cost of Keras' image layers)."""
     import tensorflow as tf
 
     rng = np.random.default_rng(seed)
 
     def one_input(pixels: np.ndarray) -> np.ndarray:
-        return augment(preprocessing.clahe(acquisition_variant(pixels, rng)), rng, size, strength)
+        if rng.random() < acquisition:
+            pixels = acquisition_variant(pixels, rng)
+        return augment(preprocessing.clahe(pixels), rng, size, strength)
 
     def transform(image, inputs_sex, target):
         image = tf.numpy_function(one_input, [image], tf.float32, stateful=True)
@@ -194,13 +199,23 @@ def _plot_curve(log_rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def check_models(model_name: str, grow_into: str | None, resume: Path | None) -> None:
-    """Raise ValueError, before any work, for an unknown model or a --grow without --resume."""
+def check_options(
+    model_name: str,
+    grow_into: str | None,
+    resume: Path | None,
+    augment_strength: float = 1.0,
+    acquisition: float = 1.0,
+) -> None:
+    """Raise ValueError, before any work, for an unknown model, a --grow without --resume or
+    an augmentation scale outside 0 to 1."""
     for name in filter(None, (model_name, grow_into)):
         if name not in MODELS:
             raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     if grow_into and not resume:
         raise ValueError("--grow needs --resume: it grows a trained model")
+    for option, value in (("--augment", augment_strength), ("--acquisition", acquisition)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{option} must be between 0 and 1, got {value}")
 
 
 def train(
@@ -214,6 +229,7 @@ def train(
     grow_into: str | None = None,
     age_group_head: bool = False,
     augment_strength: float = 1.0,
+    acquisition: float = 1.0,
     mixed_precision: bool = True,
     seed: int = 42,
     train_ids: list[str] | None = None,
@@ -223,11 +239,11 @@ def train(
 ) -> dict:
     """Train one model; returns the best val metrics. ``train_ids``/``val_ids`` override the split;
     ``grow_into`` names a deeper or wider registry model to grow the resumed one into;
-    ``augment_strength`` scales the geometry and grey-level ranges (the acquisition variants
-    stay at full strength), e.g. 0.5 for the last epochs."""
+    ``augment_strength`` scales the geometry and grey-level ranges, e.g. 0.5 for the last
+    epochs; ``acquisition`` is the fraction of images given another acquisition's look."""
     import keras
 
-    check_models(model_name, grow_into, resume)
+    check_options(model_name, grow_into, resume, augment_strength, acquisition)
     keras.utils.set_random_seed(seed)
     if mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
@@ -355,7 +371,14 @@ def train(
     epoch = 0
     for size, epochs in plan:
         dataset = _dataset(
-            train_images, train_cases.male, targets, size, batch_size, seed + epoch, augment_strength
+            train_images,
+            train_cases.male,
+            targets,
+            size,
+            batch_size,
+            seed + epoch,
+            augment_strength,
+            acquisition,
         )
         model.fit(
             dataset,

@@ -52,7 +52,7 @@ def test_short_training_run_learns_and_checkpoints_reload(tmp_path):
     assert np.mean(np.abs(months - val.bone_age_months)) == pytest.approx(best["mae"], abs=1e-3)
 
 
-def test_train_refuses_an_unknown_model_or_growing_without_resume(tmp_path, capsys):
+def test_train_refuses_an_unknown_model_growing_without_resume_or_a_bad_scale(tmp_path, capsys):
     from boneage_infer.__main__ import main
 
     out = tmp_path / "run"
@@ -60,6 +60,8 @@ def test_train_refuses_an_unknown_model_or_growing_without_resume(tmp_path, caps
         (["--model", "resnet"], "unknown model 'resnet'; known: xception"),
         (["--resume", "weights", "--grow", "xception-huge"], "unknown model 'xception-huge'"),
         (["--grow", "xception-wide"], "--grow needs --resume"),
+        (["--augment", "1.5"], "--augment must be between 0 and 1, got 1.5"),
+        (["--acquisition", "-0.1"], "--acquisition must be between 0 and 1, got -0.1"),
     ):
         assert main(["train", "--data", str(DATA), "--out", str(out), *extra]) == 2
         assert message in capsys.readouterr().err
@@ -130,3 +132,23 @@ def test_augmented_inputs_are_the_same_radiograph_moved_and_scaled_like_serving(
     assert all(similarity(augment(enhanced, rng, 256, strength=0.0)) > 0.999 for _ in range(5))
     milder = [similarity(augment(enhanced, rng, 256, strength=0.5)) for _ in range(20)]
     assert np.median(milder) > np.median([similarity(x) for x in inputs])
+
+
+def test_acquisition_fraction_sets_how_many_training_inputs_get_another_look():
+    from boneage_infer.preprocessing import clahe, to_model_input
+    from boneage_infer.train import _dataset
+
+    val = data.load_split(DATA, "val")
+    val = val.subset(np.arange(len(val)) < 8)
+    pixels = data.canonical_images(val)
+    targets = {"bone_age_z": np.zeros((8, 1), np.float32)}
+
+    def changed(acquisition: float) -> int:
+        """How many of the 8 inputs differ from the plain serving input (geometry off)."""
+        enhanced = [clahe(p).astype(np.float32) for p in pixels]  # augment resizes in float
+        plain = [to_model_input(image, 128) for e in enhanced for image in (e, e[:, ::-1])]
+        batch = next(iter(_dataset(pixels, val.male, targets, 128, 8, 0, 0.0, acquisition)))[0]["image"]
+        return sum(min(np.abs(x - y).max() for y in plain) > 1e-3 for x in np.asarray(batch))
+
+    assert changed(0.0) == 0  # every input exactly what serving would feed the network
+    assert changed(1.0) >= 4  # each variant draws noise, gamma, blur, JPEG or framing at random
