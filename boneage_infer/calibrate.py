@@ -8,9 +8,10 @@
   |error| of the test-time-augmented reading on the val split (as the training issue
   asks). Coverage on val, and a cross-fitted coverage (calibrate on one half of val,
   measure on the other), are written to calibration.json with the widths.
-* Novelty gate: pooled features of ``fit_n`` train radiographs fix the whitened PCA;
-  its limit is the 99.9th percentile of the distance on ``held_out_n`` other train
-  radiographs; the acceptance rate on val is measured and written down.
+* Novelty gate: pooled features of ``fit_n`` train radiographs fix the whitened PCA of
+  each gate layer; each limit, and that of the largest relative distance, is the 99.9th
+  percentile on ``held_out_n`` other train radiographs; the acceptance rate on val is
+  measured and written down.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _features_and_months(predictor: BoneAgePredictor, cases: data.Cases, batch_s
         m, f = predictor.infer(np.stack(images[start : start + batch_size]), male[start : start + batch_size])
         months.append(m)
         features.append(f)
-    return np.concatenate(months), np.concatenate(features), usable
+    return np.concatenate(months), {n: np.concatenate([f[n] for f in features]) for n in features[0]}, usable
 
 
 def calibrate(
@@ -87,7 +88,7 @@ def calibrate(
         errors[~part] <= half_widths(conformal_bands(months[part], errors[part]), months[~part])
         for part in (halves, ~halves)
     ]
-    accepted = novelty.distance(val_features) <= novelty.max_distance
+    accepted = novelty.score(val_features) <= 1.0
     summary = {
         "interval_90_bands": bands,
         "interval_90_val_coverage": float(np.mean(errors <= width)),

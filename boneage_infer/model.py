@@ -101,9 +101,12 @@ def xception_backbone(image, config: ModelConfig):
     return layers.Activation("relu", name="last_conv")(x)  # Grad-CAM target
 
 
-def feature_layer(config: ModelConfig) -> str:
-    """The block whose pooled output describes what an image looks like (for the quality gate)."""
-    return f"middle{config.middle_blocks - 1}_add" if config.middle_blocks else "entry5_add"
+def feature_layers(config: ModelConfig) -> list[str]:
+    """The blocks whose pooled outputs the quality gate compares with training radiographs':
+    the last middle-flow block (what the image looks like) and the last convolution (what the
+    network reads in it)."""
+    middle = f"middle{config.middle_blocks - 1}_add" if config.middle_blocks else "entry5_add"
+    return [middle, "last_conv"]
 
 
 def build_model(config: ModelConfig) -> keras.Model:

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import clinical, explain, preprocessing, quality
 from .metrics import half_widths
-from .model import feature_layer
+from .model import feature_layers
 from .preprocessing import ImageError, Radiograph
 from .weights import CALIBRATION_FILE, NOVELTY_FILE, load_model, resolve_weights
 
@@ -92,9 +92,10 @@ class BoneAgePredictor:
         self.novelty = (
             quality.NoveltyModel.load(folder / NOVELTY_FILE) if (folder / NOVELTY_FILE).is_file() else None
         )
-        features = keras.layers.GlobalAveragePooling2D()(
-            self.model.get_layer(feature_layer(self.config)).output
-        )
+        features = {
+            name: keras.layers.GlobalAveragePooling2D()(self.model.get_layer(name).output)
+            for name in (self.novelty.layers if self.novelty else feature_layers(self.config))
+        }
         serving = keras.Model(
             self.model.inputs, {"bone_age_z": self.model.output["bone_age_z"], "features": features}
         )
@@ -114,15 +115,16 @@ class BoneAgePredictor:
             model_input = np.repeat(model_input, 3, axis=-1)
         return PreparedImage(radiograph, enhanced, model_input, verdict)
 
-    def infer(self, images: np.ndarray, male) -> tuple[np.ndarray, np.ndarray]:
-        """Bone age in months (mean over the image and its mirror) and the features for the quality gate."""
+    def infer(self, images: np.ndarray, male) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Bone age in months (mean over the image and its mirror) and the features for the quality gate
+        (pooled outputs of its layers, one row per image)."""
         images = np.asarray(images, np.float32)
         sex = np.asarray(male, np.float32).reshape(-1, 1)
         both = self._forward(
             {"image": np.concatenate([images, images[:, :, ::-1]]), "sex": np.concatenate([sex, sex])}
         )
         z = np.asarray(both["bone_age_z"], np.float64)[:, 0].reshape(2, -1).mean(0)
-        features = np.asarray(both["features"], np.float64)[: len(images)]
+        features = {name: np.asarray(f, np.float64)[: len(images)] for name, f in both["features"].items()}
         return self.config.target_mean_months + self.config.target_std_months * z, features
 
     def heatmap(self, image: PreparedImage, sex: str) -> np.ndarray:
@@ -226,7 +228,9 @@ class BoneAgePredictor:
             by_sex = {s: float(m) for (k, s), m in zip(owners, months) if k == n}
             first = next(i for i, (k, _) in enumerate(owners) if k == n)
             if self.novelty is not None:
-                verdict = self.novelty.check(features[first], prepared.quality.noise_sigma)
+                verdict = self.novelty.check(
+                    {name: f[first : first + 1] for name, f in features.items()}, prepared.quality.noise_sigma
+                )
                 if not verdict.accepted:
                     readings.append(RejectedImage(verdict))
                     continue

@@ -7,11 +7,11 @@ Three layers:
 * image statistics on the decoded image: colour photographs, blank/uniform images,
   pure noise, bright document-like images (text, screenshots) are rejected; low
   contrast and fingers cut by the top edge give warnings;
-* a novelty test on the network's own mid-level features (``NoveltyModel``, on the
-  pooled output of the last middle-flow block): a whitened PCA of those features of
-  RSNA training radiographs; images far from them (other body parts, natural images)
-  are rejected. Its limit is set on held-out training radiographs
-  (``python -m boneage_infer calibrate``).
+* a novelty test on the network's own features (``NoveltyModel``, on the pooled outputs
+  of the last middle-flow block and of the last convolution): whitened PCAs of those
+  features of RSNA training radiographs; images far from them at either layer (other
+  body parts, other modalities, natural images) are rejected. The limits are set on
+  held-out training radiographs (``python -m boneage_infer calibrate``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from .preprocessing import CANONICAL_SIZE, Radiograph
+from .weights import WeightsError
 
 MAX_COLOURFULNESS = 15.0
 MIN_STD = 4.0
@@ -157,37 +158,66 @@ def image_checks(radiograph: Radiograph) -> Quality:
 
 
 @dataclass
-class NoveltyModel:
-    """Whitened-PCA distance of pooled network features from those of RSNA hand radiographs.
-
-    Only the distance within the first ``k`` components is tested: the relative residual
-    outside them (tested up to the s15 average) rejected 5 of 1,259 val hands and none of the
-    non-hand images the distance let through.
-    """
+class WhitenedPCA:
+    """Distance of feature vectors from a set of them, in its first ``k`` principal components."""
 
     mean: np.ndarray
     components: np.ndarray  # (k, d)
     scales: np.ndarray  # (k,) standard deviation along each component
-    max_distance: float  # mean squared whitened coordinate
 
     @classmethod
-    def fit(
-        cls, features: np.ndarray, held_out: np.ndarray, k: int = 32, quantile: float = 99.9
-    ) -> NoveltyModel:
+    def fit(cls, features: np.ndarray, k: int = 32) -> WhitenedPCA:
         mean = features.mean(0)
         _, singular, vt = np.linalg.svd(features - mean, full_matrices=False)
-        model = cls(mean, vt[:k], singular[:k] / np.sqrt(len(features) - 1), np.inf)
-        model.max_distance = float(np.percentile(model.distance(held_out), quantile))
-        return model
+        return cls(mean, vt[:k], singular[:k] / np.sqrt(len(features) - 1))
 
     def distance(self, features: np.ndarray) -> np.ndarray:
-        """Mean squared whitened coordinate of each feature vector (1 on average for training images)."""
+        """Mean squared whitened coordinate of each feature vector (1 on average for the fitted set)."""
         coords = (np.atleast_2d(features) - self.mean) @ self.components.T
         return np.mean((coords / self.scales) ** 2, axis=1)
 
-    def check(self, features: np.ndarray, noise: float = 0.0) -> Quality:
+
+@dataclass
+class NoveltyModel:
+    """How far an image's pooled network features lie from those of RSNA hand radiographs.
+
+    One whitened PCA per feature layer (Lee et al. 2018, NeurIPS: feature distances at several
+    layers): the last middle-flow block describes what the image looks like, the last
+    convolution what the network reads in it. Each distance is divided by its limit on held-out
+    training radiographs; the score is the largest of them, divided by its own held-out limit,
+    so an image is accepted when the score is at most 1.
+    """
+
+    layers: dict[str, WhitenedPCA]
+    layer_limits: dict[str, float]
+    max_score: float
+
+    @classmethod
+    def fit(
+        cls,
+        features: dict[str, np.ndarray],
+        held_out: dict[str, np.ndarray],
+        k: int = 32,
+        quantile: float = 99.9,
+    ) -> NoveltyModel:
+        layers = {name: WhitenedPCA.fit(values, k) for name, values in features.items()}
+        limits = {
+            name: float(np.percentile(pca.distance(held_out[name]), quantile)) for name, pca in layers.items()
+        }
+        model = cls(layers, limits, 1.0)
+        model.max_score = float(np.percentile(model.score(held_out), quantile))
+        return model
+
+    def score(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        """Largest per-layer distance relative to its limit; above 1 is rejected."""
+        return (
+            np.max([pca.distance(features[n]) / self.layer_limits[n] for n, pca in self.layers.items()], 0)
+            / self.max_score
+        )
+
+    def check(self, features: dict[str, np.ndarray], noise: float = 0.0) -> Quality:
         """Accept features like the training radiographs'; ``noise`` (``noise_sigma``) words the reason."""
-        if float(self.distance(features)[0]) <= self.max_distance:
+        if float(self.score(features)[0]) <= 1.0:
             return Quality(True, "usable hand radiograph")
         reason = (
             "does not look like a hand radiograph (unlike every training radiograph: "
@@ -201,15 +231,23 @@ class NoveltyModel:
         return Quality(False, reason)
 
     def save(self, path: Path) -> None:
-        np.savez(
-            path,
-            mean=self.mean,
-            components=self.components,
-            scales=self.scales,
-            limits=np.array([self.max_distance]),
-        )
+        arrays = {"max_score": np.array([self.max_score])}
+        for name, pca in self.layers.items():
+            arrays |= {f"{name}/{key}": value for key, value in vars(pca).items()}
+            arrays[f"{name}/limit"] = np.array([self.layer_limits[name]])
+        np.savez(path, **arrays)
 
     @classmethod
     def load(cls, path: Path) -> NoveltyModel:
         with np.load(path) as data:
-            return cls(data["mean"], data["components"], data["scales"], float(data["limits"][0]))
+            names = sorted({key.split("/")[0] for key in data.files if "/" in key})
+            if not names or "max_score" not in data.files:
+                raise WeightsError(
+                    f"{path} holds a quality gate of an older format: run "
+                    "`python -m boneage_infer calibrate` on this weights folder again."
+                )
+            layers = {
+                n: WhitenedPCA(data[f"{n}/mean"], data[f"{n}/components"], data[f"{n}/scales"]) for n in names
+            }
+            limits = {n: float(data[f"{n}/limit"][0]) for n in names}
+            return cls(layers, limits, float(data["max_score"][0]))

@@ -17,6 +17,7 @@ from nonhand import (
 from synth import grey, to_16bit, write_dicom
 
 from boneage_infer import data, preprocessing, quality
+from boneage_infer.model import feature_layers
 from boneage_infer.predictor import RejectedImage
 from boneage_infer.weights import BUNDLED_WEIGHTS
 
@@ -85,6 +86,21 @@ def test_quality_gate_rejects_non_hand_images(predictor):
     ]
     assert len(images) >= 50
     assert 1 - len(accepted) / len(images) >= 0.95, accepted
+
+
+def test_the_novelty_gate_rejects_what_is_far_from_hands_at_either_layer(predictor, radiographs):
+    """The gate compares the features of two layers with the training radiographs': hands pass,
+    and a hand whose features at any one layer are swapped for a photograph's is rejected."""
+    gate = predictor.novelty
+    assert set(gate.layers) == set(feature_layers(predictor.config))
+    hands = np.stack([predictor.prepare(path).model_input for path in radiographs])
+    _, hand_features = predictor.infer(hands, [True] * len(hands))
+    assert np.all(gate.score(hand_features) <= 1)
+    photo = predictor.prepare(non_hand_images()["coins"])  # a photograph the pixel checks let through
+    _, photo_features = predictor.infer(photo.model_input[None], [True])
+    for layer in gate.layers:
+        mixed = {**hand_features, layer: np.repeat(photo_features[layer], len(hands), axis=0)}
+        assert np.all(gate.score(mixed) > 1), layer
 
 
 def noisy_png(path, sigma: float, rng: np.random.Generator) -> bytes:

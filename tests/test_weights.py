@@ -14,7 +14,14 @@ from conftest import run_cli
 from hub_server import HubServer
 
 from boneage_infer.model import MODELS, build_model
-from boneage_infer.weights import BUNDLED_WEIGHTS, WeightsError, load_model, save_weights, verify
+from boneage_infer.weights import (
+    BUNDLED_WEIGHTS,
+    WeightsError,
+    load_model,
+    save_weights,
+    verify,
+    write_manifest,
+)
 
 REPO = "boneage/xception-rsna"
 
@@ -54,6 +61,27 @@ def test_cli_refuses_damaged_weights(weights_copy, radiograph):
     result = run_cli("predict", str(radiograph), "--sex", "F", "--weights", str(weights_copy))
     assert result.returncode == 3
     assert "does not match its sha256" in result.stderr
+    assert "bone age" not in result.stdout
+
+
+def test_a_quality_gate_calibrated_by_an_older_version_is_a_clear_error(weights_copy, radiograph):
+    """A folder whose novelty.npz has the one-layer format of earlier releases (intact, in its
+    manifest) is refused with what to do, not read without a gate or with a KeyError."""
+    novelty = weights_copy / "novelty.npz"
+    with np.load(novelty) as gate:
+        layer = next(key.split("/")[0] for key in gate.files if "/" in key)
+        np.savez(
+            novelty,
+            mean=gate[f"{layer}/mean"],
+            components=gate[f"{layer}/components"],
+            scales=gate[f"{layer}/scales"],
+            limits=gate[f"{layer}/limit"],
+        )
+    manifest = json.loads((weights_copy / "manifest.json").read_text())
+    write_manifest(weights_copy, manifest["version"])
+    result = run_cli("predict", str(radiograph), "--sex", "F", "--weights", str(weights_copy))
+    assert result.returncode == 3
+    assert "older format" in result.stderr and "calibrate" in result.stderr
     assert "bone age" not in result.stdout
 
 
