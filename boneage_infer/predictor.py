@@ -17,7 +17,7 @@ from . import clinical, explain, preprocessing, quality
 from .metrics import half_widths
 from .model import feature_layers
 from .preprocessing import ImageError, Radiograph
-from .weights import CALIBRATION_FILE, NOVELTY_FILE, load_model, resolve_weights
+from .weights import CALIBRATION_FILE, NOVELTY_FILE, WeightsError, load_model, resolve_weights
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -89,9 +89,11 @@ class BoneAgePredictor:
         self.device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
         calibration = folder / CALIBRATION_FILE
         self.calibration = json.loads(calibration.read_text()) if calibration.is_file() else {}
-        self.novelty = (
-            quality.NoveltyModel.load(folder / NOVELTY_FILE) if (folder / NOVELTY_FILE).is_file() else None
-        )
+        gate = folder / NOVELTY_FILE
+        try:
+            self.novelty = quality.NoveltyModel.load(gate) if gate.is_file() else None
+        except ValueError as exc:  # calibrated by an older version
+            raise WeightsError(str(exc)) from None
         features = {
             name: keras.layers.GlobalAveragePooling2D()(self.model.get_layer(name).output)
             for name in (self.novelty.layers if self.novelty else feature_layers(self.config))

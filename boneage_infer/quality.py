@@ -24,7 +24,6 @@ import cv2
 import numpy as np
 
 from .preprocessing import CANONICAL_SIZE, Radiograph
-from .weights import WeightsError
 
 MAX_COLOURFULNESS = 15.0
 MIN_STD = 4.0
@@ -242,7 +241,7 @@ class NoveltyModel:
         with np.load(path) as data:
             names = sorted({key.split("/")[0] for key in data.files if "/" in key})
             if not names or "max_score" not in data.files:
-                raise WeightsError(
+                raise ValueError(
                     f"{path} holds a quality gate of an older format: run "
                     "`python -m boneage_infer calibrate` on this weights folder again."
                 )
