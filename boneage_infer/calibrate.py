@@ -8,10 +8,10 @@
   |error| of the test-time-augmented reading on the val split (as the training issue
   asks). Coverage on val, and a cross-fitted coverage (calibrate on one half of val,
   measure on the other), are written to calibration.json with the widths.
-* Novelty gate: pooled features of ``fit_n`` train radiographs fix the whitened PCA of
-  each gate layer; each limit, and that of the largest relative distance, is the 99.9th
-  percentile on ``held_out_n`` other train radiographs; the acceptance rate on val is
-  measured and written down.
+* Novelty gate: pooled features of ``fit_n`` train radiographs, each 2-year band of bone
+  age weighted the same, fix the whitened PCA of each gate layer; each limit, and that of
+  the largest relative distance, is the 99.9th percentile on ``held_out_n`` other train
+  radiographs; the acceptance rate on val is measured and written down.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from . import data
 from .metrics import conformal_bands, half_widths, regression_metrics
 from .predictor import BoneAgePredictor
 from .preprocessing import ImageError
-from .quality import NoveltyModel
+from .quality import NoveltyModel, age_balanced_weights
 from .train import BN_IMAGES, recompute_batchnorm
 from .weights import CALIBRATION_FILE, MANIFEST_FILE, NOVELTY_FILE, load_model, save_weights, write_manifest
 
@@ -70,13 +70,14 @@ def calibrate(
         recompute_batchnorm(model, data.enhanced_images(subset), subset.male, config.input_size)
         save_weights(model, config, folder, version)
     predictor = BoneAgePredictor(folder)
-    _, fit_features, _ = _features_and_months(
-        predictor, train.subset(np.isin(np.arange(len(train)), order[:fit_n]))
-    )
+    fit_cases = train.subset(np.isin(np.arange(len(train)), order[:fit_n]))
+    _, fit_features, fit_usable = _features_and_months(predictor, fit_cases)
     _, held_features, _ = _features_and_months(
         predictor, train.subset(np.isin(np.arange(len(train)), order[fit_n : fit_n + held_out_n]))
     )
-    novelty = NoveltyModel.fit(fit_features, held_features)
+    novelty = NoveltyModel.fit(
+        fit_features, held_features, age_balanced_weights(fit_cases.bone_age_months[fit_usable])
+    )
 
     val = data.load_split(data_root, "val")
     months, val_features, usable = _features_and_months(predictor, val)

@@ -103,6 +103,24 @@ def test_the_novelty_gate_rejects_what_is_far_from_hands_at_either_layer(predict
         assert np.all(gate.score(mixed) > 1), layer
 
 
+def test_the_novelty_gate_accepts_the_youngest_hands(predictor, val_cases):
+    """Hands under 2 years are 0.7 % of the training radiographs; the gate is fitted with each
+    2-year band of bone age weighted the same, so it reads them rather than refusing them."""
+    infants = [row for row in val_cases if float(row["boneage"]) < 24]
+    assert len(infants) >= 8
+    hands = np.stack([predictor.prepare(DATA / "images" / f"{row['id']}.jpg").model_input for row in infants])
+    _, features = predictor.infer(hands, [row["male"] == "True" for row in infants])
+    scores = predictor.novelty.score(features)
+    assert np.all(scores <= 1), {row["id"]: round(float(s), 2) for row, s in zip(infants, scores)}
+
+
+def test_age_balanced_weights_give_each_two_year_band_the_same_total():
+    months = np.array([3.0, 20.0, 30.0, 100.0, 100.0, 110.0, 119.0, 200.0])
+    weights = quality.age_balanced_weights(months)
+    for band in (0, 1, 4, 8):
+        assert weights[(months // 24) == band].sum() == pytest.approx(1.0)
+
+
 def noisy_png(path, sigma: float, rng: np.random.Generator) -> bytes:
     pixels = grey(path).astype(np.float64)
     noisy = np.clip(np.round(pixels + rng.normal(0, sigma, pixels.shape)), 0, 255).astype(np.uint8)
