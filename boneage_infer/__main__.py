@@ -170,11 +170,26 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
+def _zooms(text: str) -> tuple[float, ...]:
+    """'1,1.06,0.94' as a checked tuple of zoom factors (argparse type)."""
+    from .model import ModelConfig
+
+    try:
+        return ModelConfig(test_zooms=tuple(float(z) for z in text.split(","))).test_zooms
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from .calibrate import calibrate
 
     summary = calibrate(
-        args.data, args.weights, fit_n=args.fit_n, held_out_n=args.held_out_n, recompute_bn=args.recompute_bn
+        args.data,
+        args.weights,
+        fit_n=args.fit_n,
+        held_out_n=args.held_out_n,
+        recompute_bn=args.recompute_bn,
+        zooms=args.zooms,
     )
     print(json.dumps(summary, indent=2))
     return 0
@@ -302,6 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--recompute-bn", action="store_true", help="first recompute BatchNorm statistics (precise BN)"
+    )
+    p.add_argument(
+        "--zooms",
+        type=_zooms,
+        help="test-time views to serve, as zoom factors with 1 among them, e.g. 1,1.06,0.94 "
+        "(each read with its mirror; default: keep the folder's)",
     )
     p.set_defaults(run=_calibrate)
 

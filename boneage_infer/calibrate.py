@@ -3,13 +3,17 @@
 ``python -m boneage_infer calibrate --data ../shared/data/rsna-boneage --weights weights/``
 
 * BatchNorm (``--recompute-bn``): statistics recomputed on clean train radiographs.
+* Views (``--zooms 1,1.06,0.94``): the test-time views served from then on
+  (``ModelConfig.test_zooms``; each zoom read with its mirror), set before the interval
+  is measured, since the interval is that of the served reading.
 * Interval: split-conformal by band of predicted bone age (Mondrian conformal,
   Vovk et al. 2005): in each band the half-width is the finite-sample 90% quantile of
   |error| of the test-time-augmented reading on the val split (as the training issue
   asks). Coverage on val, and a cross-fitted coverage (calibrate on one half of val,
   measure on the other), are written to calibration.json with the widths.
-* Novelty gate: pooled features of ``fit_n`` train radiographs, each 2-year band of bone
-  age weighted the same, fix the whitened PCA of each gate layer; each limit, and that of
+* Novelty gate: pooled features (of the image as it is, one pass) of ``fit_n`` train
+  radiographs, each 2-year band of bone age weighted the same, fix the whitened PCA of
+  each gate layer; each limit, and that of
   the largest relative distance, is the 99.9th percentile on ``held_out_n`` other train
   radiographs; the acceptance rate on val is measured and written down.
 """
@@ -17,21 +21,32 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from . import data
 from .metrics import conformal_bands, half_widths, regression_metrics
+from .model import ModelConfig
 from .predictor import BoneAgePredictor
 from .preprocessing import ImageError
 from .quality import NoveltyModel, age_balanced_weights
 from .train import BN_IMAGES, recompute_batchnorm
-from .weights import CALIBRATION_FILE, MANIFEST_FILE, NOVELTY_FILE, load_model, save_weights, write_manifest
+from .weights import (
+    CALIBRATION_FILE,
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    NOVELTY_FILE,
+    load_model,
+    save_weights,
+    write_manifest,
+)
 
 
-def _features_and_months(predictor: BoneAgePredictor, cases: data.Cases, batch_size: int = 32):
-    """TTA bone age and pooled features of every case the image checks accept, and that mask."""
+def _read_cases(predictor: BoneAgePredictor, cases: data.Cases, served: bool, batch_size: int = 32):
+    """Gate features of every case the image checks accept, with (``served``) their bone age
+    read as served (every test-time view) or not (None; one pass each), and that mask."""
     usable = np.ones(len(cases), bool)
     images = []
     for i, path in enumerate(cases.paths):
@@ -42,10 +57,15 @@ def _features_and_months(predictor: BoneAgePredictor, cases: data.Cases, batch_s
     male = cases.male[usable]
     months, features = [], []
     for start in range(0, len(images), batch_size):
-        m, f = predictor.infer(np.stack(images[start : start + batch_size]), male[start : start + batch_size])
-        months.append(m)
-        features.append(f)
-    return np.concatenate(months), {n: np.concatenate([f[n] for f in features]) for n in features[0]}, usable
+        chunk, chunk_male = np.stack(images[start : start + batch_size]), male[start : start + batch_size]
+        if served:
+            chunk_months, chunk_features = predictor.infer(chunk, chunk_male)
+            months.append(chunk_months)
+        else:
+            chunk_features = predictor.features(chunk, chunk_male)
+        features.append(chunk_features)
+    features = {n: np.concatenate([f[n] for f in features]) for n in features[0]}
+    return (np.concatenate(months) if served else None), features, usable
 
 
 def calibrate(
@@ -54,10 +74,15 @@ def calibrate(
     fit_n: int = 3000,
     held_out_n: int = 3000,
     recompute_bn: bool = False,
+    zooms: tuple[float, ...] | None = None,
     seed: int = 0,
 ) -> dict:
-    """Calibrate the weights folder in place and rewrite its manifest; returns the summary."""
+    """Calibrate the weights folder in place and rewrite its manifest; returns the summary.
+    ``zooms`` first sets the test-time views (``ModelConfig.test_zooms``) the interval is for."""
     folder = Path(weights)
+    if zooms is not None:
+        config = ModelConfig.load(folder / CONFIG_FILE)
+        replace(config, test_zooms=zooms).save(folder / CONFIG_FILE)
     for name in (CALIBRATION_FILE, NOVELTY_FILE):  # calibrate the bare model
         (folder / name).unlink(missing_ok=True)
     version = json.loads((folder / MANIFEST_FILE).read_text())["version"]
@@ -71,16 +96,18 @@ def calibrate(
         save_weights(model, config, folder, version)
     predictor = BoneAgePredictor(folder)
     fit_cases = train.subset(np.isin(np.arange(len(train)), order[:fit_n]))
-    _, fit_features, fit_usable = _features_and_months(predictor, fit_cases)
-    _, held_features, _ = _features_and_months(
-        predictor, train.subset(np.isin(np.arange(len(train)), order[fit_n : fit_n + held_out_n]))
+    _, fit_features, fit_usable = _read_cases(predictor, fit_cases, served=False)
+    _, held_features, _ = _read_cases(
+        predictor,
+        train.subset(np.isin(np.arange(len(train)), order[fit_n : fit_n + held_out_n])),
+        served=False,
     )
     novelty = NoveltyModel.fit(
         fit_features, held_features, age_balanced_weights(fit_cases.bone_age_months[fit_usable])
     )
 
     val = data.load_split(data_root, "val")
-    months, val_features, usable = _features_and_months(predictor, val)
+    months, val_features, usable = _read_cases(predictor, val, served=True)
     errors = np.abs(months - val.bone_age_months[usable])
     bands = conformal_bands(months, errors)
     width = half_widths(bands, months)
@@ -96,6 +123,7 @@ def calibrate(
         "interval_90_cross_fitted_coverage": float(np.mean(np.concatenate(cross_covered))),
         "interval_90_mean_width_months": float(2 * width.mean()),
         "novelty_val_accepted": float(accepted.mean()),
+        "test_zooms": list(predictor.config.test_zooms),
         "novelty_fit_n": fit_n,
         "novelty_held_out_n": held_out_n,
         "image_checks_val_accepted": float(usable.mean()),

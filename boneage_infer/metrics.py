@@ -54,19 +54,30 @@ def _band(months: np.ndarray) -> np.ndarray:
     return np.digitize(months, INTERVAL_BANDS_MONTHS[1:])
 
 
+def _conformal_quantile(errors: np.ndarray, level: float) -> float | None:
+    """The finite-sample ``level`` quantile of |error| (None when too few cases to have one)."""
+    rank = int(np.ceil((len(errors) + 1) * level))
+    return float(np.sort(errors)[rank - 1]) if rank <= len(errors) else None
+
+
 def conformal_bands(months: np.ndarray, errors: np.ndarray, level: float = 0.9) -> list[dict]:
-    """Per band of predicted bone age: the finite-sample ``level`` quantile of |error|."""
+    """Per band of predicted bone age: the finite-sample ``level`` quantile of |error|; a band
+    with too few cases for one (under 9 at 90 %) takes that of all the cases."""
     bands, edges = _band(months), INTERVAL_BANDS_MONTHS + (None,)
+    pooled = _conformal_quantile(errors, level)
+    if pooled is None:
+        needed = int(np.ceil(level / (1 - level) - 1e-9))
+        raise ValueError(f"A {level:.0%} interval needs at least {needed} cases.")
     out = []
     for b in range(len(INTERVAL_BANDS_MONTHS)):
-        band = np.sort(errors[bands == b])
-        rank = min(int(np.ceil((len(band) + 1) * level)), len(band)) - 1
+        band = errors[bands == b]
+        own = _conformal_quantile(band, level)
         out.append(
             {
                 "from_months": edges[b],
                 "to_months": edges[b + 1],
                 "n": len(band),
-                "half_width_months": float(band[rank]),
+                "half_width_months": pooled if own is None else own,
             }
         )
     return out

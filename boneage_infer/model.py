@@ -35,6 +35,15 @@ class ModelConfig:
     age_group_head: bool = False
     target_mean_months: float = 127.3
     target_std_months: float = 41.2
+    # Test-time views: the image zoomed about its centre by each factor (1.0: as is), each
+    # read with its mirror; the served bone age is the mean. Set by ``calibrate --zooms``.
+    test_zooms: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self):
+        zooms = tuple(float(z) for z in self.test_zooms)
+        if 1.0 not in zooms or any(not 0.5 <= z <= 2.0 for z in zooms):
+            raise ValueError(f"test_zooms must include 1.0 and lie within 0.5-2.0, not {zooms}")
+        object.__setattr__(self, "test_zooms", zooms)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")

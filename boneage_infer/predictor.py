@@ -117,17 +117,30 @@ class BoneAgePredictor:
             model_input = np.repeat(model_input, 3, axis=-1)
         return PreparedImage(radiograph, enhanced, model_input, verdict)
 
-    def infer(self, images: np.ndarray, male) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Bone age in months (mean over the image and its mirror) and the features for the quality gate
-        (pooled outputs of its layers, one row per image)."""
-        images = np.asarray(images, np.float32)
+    def _pass(self, images: np.ndarray, male) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One forward pass: bone age z-scores and the gate's features (pooled layer outputs)."""
         sex = np.asarray(male, np.float32).reshape(-1, 1)
-        both = self._forward(
-            {"image": np.concatenate([images, images[:, :, ::-1]]), "sex": np.concatenate([sex, sex])}
-        )
-        z = np.asarray(both["bone_age_z"], np.float64)[:, 0].reshape(2, -1).mean(0)
-        features = {name: np.asarray(f, np.float64)[: len(images)] for name, f in both["features"].items()}
-        return self.config.target_mean_months + self.config.target_std_months * z, features
+        out = self._forward({"image": np.asarray(images, np.float32), "sex": sex})
+        features = {name: np.asarray(f, np.float64) for name, f in out["features"].items()}
+        return np.asarray(out["bone_age_z"], np.float64)[:, 0], features
+
+    def features(self, images: np.ndarray, male) -> dict[str, np.ndarray]:
+        """The quality gate's features of the images as they are (one row per image)."""
+        return self._pass(images, male)[1]
+
+    def infer(self, images: np.ndarray, male) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Bone age in months, the mean over the test-time views (each zoom in
+        ``config.test_zooms`` and its mirror), and ``features`` of the images as they are."""
+        images = np.asarray(images, np.float32)
+        male = np.concatenate([np.asarray(male).reshape(-1)] * 2)
+        z, features = [], {}
+        for factor in self.config.test_zooms:
+            view = np.stack([preprocessing.zoom(image, factor) for image in images])
+            view_z, view_features = self._pass(np.concatenate([view, view[:, :, ::-1]]), male)
+            z.append(view_z.reshape(2, -1).mean(0))
+            if factor == 1.0:
+                features = {name: f[: len(images)] for name, f in view_features.items()}
+        return self.config.target_mean_months + self.config.target_std_months * np.mean(z, axis=0), features
 
     def heatmap(self, image: PreparedImage, sex: str) -> np.ndarray:
         """Grad-CAM heatmap in [0, 1] at the model input size."""

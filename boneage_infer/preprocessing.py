@@ -260,6 +260,20 @@ def to_model_input(enhanced: np.ndarray, size: int) -> np.ndarray:
     return scale(enhanced.astype(np.float32))[..., None]
 
 
+def zoom(model_input: np.ndarray, factor: float) -> np.ndarray:
+    """A model input magnified by ``factor`` about its centre (below 1: shrunk, the edges
+    repeated outward), at the same size; a test-time view (``ModelConfig.test_zooms``)."""
+    if factor == 1.0:
+        return model_input
+    height, width, channels = model_input.shape
+    cx, cy = width / 2, height / 2
+    matrix = np.float32([[factor, 0, cx - factor * cx], [0, factor, cy - factor * cy]])
+    out = cv2.warpAffine(
+        model_input, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+    return out.reshape(height, width, channels)
+
+
 def preprocess(source: str | Path | bytes, size: int) -> np.ndarray:
     """Full path from a file to one model input."""
     return to_model_input(enhance(read_radiograph(source).pixels), size)

@@ -276,7 +276,7 @@ def train(
             target_mean_months=float(train_cases.bone_age_months.mean()),
             target_std_months=float(train_cases.bone_age_months.std()),
         )
-    config = replace(config, input_size=plan[-1][0])
+    config = replace(config, input_size=plan[-1][0], test_zooms=(1.0,))  # `calibrate --zooms` sets the views
     model = build_model(config)
     if resume:
         model.load_weights(Path(resume) / WEIGHTS_FILE)

@@ -66,6 +66,8 @@ def test_bad_arguments_exit_nonzero(radiograph):
     assert result.returncode == 1 and "Sex is needed: M (male), F (female) or U (unknown)" in result.stderr
     result = run_cli("predict", str(radiograph), "--sex", "F", "--age", "ten")
     assert result.returncode == 1 and "not a number" in result.stderr
+    result = run_cli("calibrate", "--data", "data", "--weights", "weights", "--zooms", "1.06,0.94")
+    assert result.returncode == 2 and "test_zooms must include 1.0" in result.stderr
 
 
 def test_evaluate_on_a_labelled_subset(val_cases, tmp_path):

@@ -41,6 +41,17 @@ def test_config_round_trip(tmp_path):
     config = replace(MODELS["xception-small"], input_size=192, target_mean_months=120.5)
     config.save(tmp_path / "config.json")
     assert ModelConfig.load(tmp_path / "config.json") == config
+    views = replace(config, test_zooms=(1.0, 1.06, 0.94))
+    views.save(tmp_path / "config.json")
+    assert ModelConfig.load(tmp_path / "config.json") == views
+
+
+def test_a_config_without_test_views_reads_one_view_and_bad_zooms_are_refused(tmp_path):
+    (tmp_path / "config.json").write_text('{"name": "xception-small", "input_size": 299}')
+    assert ModelConfig.load(tmp_path / "config.json").test_zooms == (1.0,)  # folders from before the views
+    for zooms in [(1.06, 0.94), (1.0, 3.0), (1.0, 0.0)]:
+        with pytest.raises(ValueError, match="test_zooms must include 1.0"):
+            ModelConfig(test_zooms=zooms)
 
 
 def _trained_looking(config: ModelConfig) -> keras.Model:

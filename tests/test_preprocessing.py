@@ -41,6 +41,22 @@ def test_clahe_from_several_threads_matches_one_thread(radiographs):
             np.testing.assert_array_equal(got, want)
 
 
+def test_zoom_magnifies_the_model_input_about_its_centre(radiograph):
+    image = pp.preprocess(radiograph, 299)
+    assert pp.zoom(image, 1.0) is image
+    closer = pp.zoom(image, 1.25)
+    assert closer.shape == image.shape and closer.dtype == np.float32
+    # zoomed in by 1.25: the central 239 px of the image, resized to 299
+    crop = cv2.resize(image[30:269, 30:269, 0], (299, 299), interpolation=cv2.INTER_LINEAR)
+    assert np.abs(closer[20:-20, 20:-20, 0] - crop[20:-20, 20:-20]).mean() < 0.02
+    assert np.abs(closer - image).mean() > 0.05  # it did move
+    # zoomed out: the whole image shrunk into the centre, the edges repeated outward
+    farther = pp.zoom(image, 0.8)
+    inner = cv2.resize(image[..., 0], (239, 239), interpolation=cv2.INTER_AREA)
+    assert np.abs(farther[40:-40, 40:-40, 0] - inner[10:-10, 10:-10]).mean() < 0.03
+    assert np.allclose(farther[:30, 150, 0], farther[30, 150, 0], atol=0.02)
+
+
 def test_training_copy_passes_through_at_canonical_size(radiograph):
     pixels = pp.read_radiograph(radiograph).pixels
     assert pixels.shape == (pp.CANONICAL_SIZE, pp.CANONICAL_SIZE) and pixels.dtype == np.uint8

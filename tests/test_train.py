@@ -8,7 +8,7 @@ import json
 import cv2
 import numpy as np
 import pytest
-from conftest import DATA
+from conftest import DATA, run_cli
 
 from boneage_infer import data
 from boneage_infer.predictor import BoneAgePredictor
@@ -50,6 +50,50 @@ def test_short_training_run_learns_and_checkpoints_reload(tmp_path):
     reloaded = BoneAgePredictor(out / "best")
     months = predict_months(reloaded.model, reloaded.config, data.enhanced_images(val), val.male)
     assert np.mean(np.abs(months - val.bone_age_months)) == pytest.approx(best["mae"], abs=1e-3)
+
+
+def _small_data_root(folder, n_train: int, n_val: int):
+    """An RSNA-layout folder of the first train and val radiographs (images linked, not copied)."""
+    (folder / "images").mkdir(parents=True)
+    splits = list(csv.DictReader(open(DATA / "splits.csv", newline="")))
+    train = [r for r in splits if r["split"] == "train"][:n_train]
+    keep = train + [r for r in splits if r["split"] == "val"][:n_val]
+    ids = {r["id"] for r in keep}
+    labels = [r for r in csv.DictReader(open(DATA / "labels.csv", newline="")) if r["id"] in ids]
+    for name, rows in (("splits.csv", keep), ("labels.csv", labels)):
+        with open(folder / name, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, rows[0].keys())
+            writer.writeheader()
+            writer.writerows(rows)
+    for row in keep:
+        (folder / "images" / f"{row['id']}.jpg").symlink_to(DATA / "images" / f"{row['id']}.jpg")
+    return folder
+
+
+def test_calibrate_sets_the_views_and_writes_a_gate_and_interval_that_load(tmp_path):
+    from boneage_infer.model import MODELS, build_model
+    from boneage_infer.weights import save_weights, sha256, verify
+
+    root = _small_data_root(tmp_path / "data", n_train=80, n_val=24)
+    folder = tmp_path / "tiny"
+    save_weights(build_model(MODELS["xception-tiny"]), MODELS["xception-tiny"], folder, "tiny-test")
+    before = sha256(folder / "model.weights.h5")
+    result = run_cli(
+        "calibrate", "--data", str(root), "--weights", str(folder), "--fit-n", "40", "--held-out-n", "40",
+        "--zooms", "1,1.1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["test_zooms"] == [1.0, 1.1] and summary["val_metrics_tta"]["n"] == 24
+    assert json.loads((folder / "config.json").read_text())["test_zooms"] == [1.0, 1.1]
+    assert sha256(folder / "model.weights.h5") == before  # no --recompute-bn: the weights are untouched
+    assert set(verify(folder)["files"]) >= {"config.json", "calibration.json", "novelty.npz"}
+    predictor = BoneAgePredictor(folder)
+    assert predictor.config.test_zooms == (1.0, 1.1) and predictor.novelty is not None
+    image = predictor.prepare(root / "images" / next((root / "images").iterdir()).name)
+    months, _ = predictor.infer(image.model_input[None], [True])
+    assert np.isfinite(months).all()
+    assert predictor._interval(float(months[0]))[1] > months[0]
 
 
 def test_train_refuses_an_unknown_model_growing_without_resume_or_a_bad_scale(tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -77,6 +78,22 @@ def test_quality_gate_and_interval_on_val(predictor):
     assert 0.85 <= calibration["interval_90_cross_fitted_coverage"] <= 0.95
 
 
+def test_the_reading_is_the_mean_of_its_test_time_views(predictor, radiographs, monkeypatch):
+    """The served bone age averages the image zoomed by each factor in config.json, each view
+    with its mirror; the quality gate looks at the image as it is."""
+    zooms = predictor.config.test_zooms
+    assert len(zooms) == 3  # the shipped folder serves three scales (model card)
+    hands = np.stack([predictor.prepare(path).model_input for path in radiographs[:3]])
+    male = [True, False, True]
+    served, features = predictor.infer(hands, male)
+    monkeypatch.setattr(predictor, "config", replace(predictor.config, test_zooms=(1.0,)))
+    views = [predictor.infer(np.stack([preprocessing.zoom(h, z) for h in hands]), male)[0] for z in zooms]
+    assert np.allclose(served, np.mean(views, axis=0), atol=1e-3)
+    assert np.abs(np.subtract(views[1:], views[0])).max() > 0.05  # each view is read, not one of them thrice
+    gate_features = predictor.features(hands, male)
+    assert all(np.allclose(features[name], gate_features[name], atol=1e-5) for name in features)
+
+
 def test_quality_gate_rejects_non_hand_images(predictor):
     images = non_hand_images()
     accepted = [
@@ -94,10 +111,10 @@ def test_the_novelty_gate_rejects_what_is_far_from_hands_at_either_layer(predict
     gate = predictor.novelty
     assert set(gate.layers) == set(feature_layers(predictor.config))
     hands = np.stack([predictor.prepare(path).model_input for path in radiographs])
-    _, hand_features = predictor.infer(hands, [True] * len(hands))
+    hand_features = predictor.features(hands, [True] * len(hands))
     assert np.all(gate.score(hand_features) <= 1)
     photo = predictor.prepare(non_hand_images()["coins"])  # a photograph the pixel checks let through
-    _, photo_features = predictor.infer(photo.model_input[None], [True])
+    photo_features = predictor.features(photo.model_input[None], [True])
     for layer in gate.layers:
         mixed = {**hand_features, layer: np.repeat(photo_features[layer], len(hands), axis=0)}
         assert np.all(gate.score(mixed) > 1), layer
@@ -109,7 +126,7 @@ def test_the_novelty_gate_accepts_the_youngest_hands(predictor, val_cases):
     infants = [row for row in val_cases if float(row["boneage"]) < 24]
     assert len(infants) >= 8
     hands = np.stack([predictor.prepare(DATA / "images" / f"{row['id']}.jpg").model_input for row in infants])
-    _, features = predictor.infer(hands, [row["male"] == "True" for row in infants])
+    features = predictor.features(hands, [row["male"] == "True" for row in infants])
     scores = predictor.novelty.score(features)
     assert np.all(scores <= 1), {row["id"]: round(float(s), 2) for row, s in zip(infants, scores)}
 
