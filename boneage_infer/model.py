@@ -45,6 +45,11 @@ class ModelConfig:
             raise ValueError(f"test_zooms must include 1.0 and lie within 0.5-2.0, not {zooms}")
         object.__setattr__(self, "test_zooms", zooms)
 
+    def same_network(self, other: ModelConfig) -> bool:
+        """True if ``other`` describes the same network with the same target scale, whatever
+        its input size and test-time views (the network is convolutional up to its pooling)."""
+        return replace(self, input_size=other.input_size, test_zooms=other.test_zooms) == other
+
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
 

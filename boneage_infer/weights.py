@@ -138,7 +138,8 @@ def average_weights(folders: list[Path], out: Path, version: str) -> None:
     """Write the element-wise mean of several checkpoints of one architecture to ``out``
     (weight averaging, "model soup": Wortsman et al., ICML 2022). Useful for runs fine-tuned
     from the same weights; BatchNorm statistics must then be recomputed
-    (``calibrate --recompute-bn``)."""
+    (``calibrate --recompute-bn``). The checkpoints may have been trained at different input
+    sizes; the average reads at the first one's input size, with its test-time views."""
     import numpy as np
 
     if len(folders) < 2:
@@ -149,8 +150,10 @@ def average_weights(folders: list[Path], out: Path, version: str) -> None:
     total = [np.asarray(w, dtype=np.float64) for w in model.get_weights()]
     for folder in folders[1:]:
         other, other_config, _ = load_model(folder)
-        if other_config != config:
-            raise WeightsError(f"{folder} is not the same model as {folders[0]}: {other_config} vs {config}")
+        if not config.same_network(other_config):
+            raise WeightsError(
+                f"{folder} is not the same network as {folders[0]}: {other_config} vs {config}"
+            )
         total = [t + w for t, w in zip(total, other.get_weights())]
     model.set_weights([(t / len(folders)).astype(w.dtype) for t, w in zip(total, model.get_weights())])
     save_weights(model, config, out, version)

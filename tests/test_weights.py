@@ -149,11 +149,21 @@ def test_average_writes_the_mean_of_checkpoints_of_one_model(tmp_path, capsys):
     for mean, a, b in zip(soup.get_weights(), first, second):
         np.testing.assert_allclose(mean, (a + b) / 2, rtol=1e-6)
 
+    # a checkpoint of the same network trained at another input size (and read through other
+    # views) averages; the soup keeps the first folder's input size and views
+    larger = replace(config, input_size=config.input_size + 32, test_zooms=(1.0, 1.1))
+    save_weights(load_model(folders[1])[0], larger, tmp_path / "larger", "larger")
+    assert main(["average", str(folders[0]), str(tmp_path / "larger"), "--out", str(tmp_path / "mixed")]) == 0
+    mixed, mixed_config, _ = load_model(tmp_path / "mixed")
+    assert mixed_config == config
+    for mean, expected in zip(mixed.get_weights(), soup.get_weights()):
+        np.testing.assert_allclose(mean, expected, rtol=1e-6)
+
     # bad inputs: a clear message, exit status 2, nothing written
     deeper = replace(config, middle_blocks=config.middle_blocks + 1)
     save_weights(build_model(deeper), deeper, tmp_path / "deeper", "deeper")
     for argv, message in (
-        ([folders[0], tmp_path / "deeper"], "is not the same model"),
+        ([folders[0], tmp_path / "deeper"], "is not the same network"),
         ([folders[0], tmp_path / "missing"], "No manifest.json"),
         ([folders[0]], "at least two"),
     ):
