@@ -25,6 +25,9 @@ def test_canonical_xception_topology_is_buildable():
     assert ours.output_shape == reference.output_shape == (None, 10, 10, 2048)
     kinds = lambda m: [type(layer).__name__ for layer in m.layers if type(layer).__name__ != "InputLayer"]  # noqa: E731
     assert sorted(kinds(ours)) == sorted(kinds(reference))
+    grey = _backbone(MODELS["xception-grey"], 299)  # the same on one greyscale channel
+    assert grey.count_params() == reference.count_params() - 2 * 3 * 3 * 32
+    assert grey.output_shape == reference.output_shape
 
 
 def test_small_variant_and_multi_input_head():
