@@ -235,13 +235,13 @@ class NoveltyModel:
         if float(self.score(features)[0]) <= 1.0:
             return Quality(True, "usable hand radiograph")
         reason = (
-            "does not look like a hand radiograph (unlike every training radiograph: "
-            "another body part, or not a radiograph?)"
+            "unlike every radiograph the model was trained on (another body part, not a radiograph, "
+            "or a hand film of unusual exposure or positioning?)"
         )
         if noise > GRAINY_NOISE_SIGMA:  # texture also raises the estimate: say both, decide neither
             reason += (
-                f"; if it is one, it is grainier than any training radiograph (noise about {noise:.1f} "
-                "grey levels, they have 1 at most): a less noisy image or export may be read"
+                "; if it is a hand radiograph, it is grainier than any training radiograph (noise about "
+                f"{noise:.1f} grey levels, they have 1 at most): a less noisy image or export may be read"
             )
         return Quality(False, reason)
 
