@@ -212,7 +212,7 @@ def _train(args: argparse.Namespace) -> int:
     from .train import check_options, cross_validate, train
 
     try:
-        check_options(args.model, args.grow, args.resume, args.augment, args.acquisition)
+        check_options(args.model, args.grow, args.resume, args.augment, args.acquisition, args.restack)
     except ValueError as exc:
         _print_error("train", exc)
         return 2
@@ -223,6 +223,7 @@ def _train(args: argparse.Namespace) -> int:
         learning_rate=args.lr,
         resume=args.resume,
         grow_into=args.grow,
+        restack_scale=args.restack,
         age_group_head=args.age_group_head,
         augment_strength=args.augment,
         acquisition=args.acquisition,
@@ -281,6 +282,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--grow",
         help="with --resume: grow the model into this deeper or wider one (it reads the same at first)",
+    )
+    p.add_argument(
+        "--restack",
+        type=float,
+        metavar="SCALE",
+        help="with --resume: copy the first half of the middle-flow blocks onto the second half, "
+        "their residual scaled by SCALE (revives blocks that never grew)",
     )
     p.add_argument("--age-group-head", action="store_true", help="add the 5-group head (5*MAE + CE)")
     p.add_argument(

@@ -6,7 +6,8 @@ configurations. ``xception`` is the canonical keras.applications.Xception topolo
 variant that trains at a useful speed on a 2-core CPU; ``xception-half`` has the canonical
 8 blocks at half width, ``xception-wide`` the same at three-quarter width and ``xception-grey``
 at full width (the canonical network with one greyscale channel). ``grow`` turns a
-trained model into a deeper (``deepen``) or wider (``widen``) one that reads the same.
+trained model into a deeper (``deepen``) or wider (``widen``) one that reads the same; ``restack``
+revives middle-flow blocks that never grew.
 """
 
 from __future__ import annotations
@@ -161,6 +162,30 @@ def deepen(source: keras.Model, config: ModelConfig) -> keras.Model:
             layer.set_weights(known[layer.name].get_weights())
         elif layer.name.startswith("middle") and layer.name.endswith("_c_bn"):
             layer.gamma.assign(keras.ops.zeros_like(layer.gamma))
+    return target
+
+
+def restack(source: keras.Model, config: ModelConfig, scale: float) -> keras.Model:
+    """Copy the first half of the middle-flow blocks onto the second half, each copy's residual
+    scaled by ``scale`` (its last batch norm's gamma and beta).
+
+    Progressive stacking (Gong et al. 2019, ICML): it revives blocks that ``deepen`` started
+    as the identity and training never grew, from trained weights rather than random ones.
+    The network no longer reads exactly as ``source``: train it afterwards.
+    """
+    half = config.middle_blocks // 2
+    if half == 0 or not 0.0 < scale <= 1.0:
+        raise ValueError(f"restacking needs at least 2 middle-flow blocks and a scale in (0, 1], not {scale}")
+    target = build_model(config)
+    target.set_weights(source.get_weights())
+    for i in range(half, 2 * half):
+        for layer in target.layers:
+            if layer.weights and layer.name.startswith(f"middle{i}_"):
+                original = layer.name.replace(f"middle{i}_", f"middle{i - half}_", 1)
+                weights = source.get_layer(original).get_weights()
+                if layer.name.endswith("_c_bn"):  # [gamma, beta, moving mean, moving variance]
+                    weights[0], weights[1] = weights[0] * scale, weights[1] * scale
+                layer.set_weights(weights)
     return target
 
 

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from . import data, metrics, preprocessing
-from .model import AGE_GROUP_EDGES_MONTHS, MODELS, ModelConfig, build_model, grow
+from .model import AGE_GROUP_EDGES_MONTHS, MODELS, ModelConfig, build_model, grow, restack
 from .weights import CONFIG_FILE, WEIGHTS_FILE, save_weights
 
 BN_IMAGES = 1024  # clean train radiographs for the BatchNorm statistics after each epoch
@@ -205,14 +205,19 @@ def check_options(
     resume: Path | None,
     augment_strength: float = 1.0,
     acquisition: float = 1.0,
+    restack_scale: float | None = None,
 ) -> None:
-    """Raise ValueError, before any work, for an unknown model, a --grow without --resume or
-    an augmentation scale outside 0 to 1."""
+    """Raise ValueError, before any work, for an unknown model, a --grow or --restack without
+    --resume, or a scale outside 0 to 1."""
     for name in filter(None, (model_name, grow_into)):
         if name not in MODELS:
             raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     if grow_into and not resume:
         raise ValueError("--grow needs --resume: it grows a trained model")
+    if restack_scale is not None and not resume:
+        raise ValueError("--restack needs --resume: it copies a trained model's blocks")
+    if restack_scale is not None and not 0.0 < restack_scale <= 1.0:
+        raise ValueError(f"--restack must be above 0 and at most 1, got {restack_scale}")
     for option, value in (("--augment", augment_strength), ("--acquisition", acquisition)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{option} must be between 0 and 1, got {value}")
@@ -227,6 +232,7 @@ def train(
     learning_rate: float = 1e-3,
     resume: Path | None = None,
     grow_into: str | None = None,
+    restack_scale: float | None = None,
     age_group_head: bool = False,
     augment_strength: float = 1.0,
     acquisition: float = 1.0,
@@ -239,11 +245,13 @@ def train(
 ) -> dict:
     """Train one model; returns the best val metrics. ``train_ids``/``val_ids`` override the split;
     ``grow_into`` names a deeper or wider registry model to grow the resumed one into;
+    ``restack_scale`` copies the resumed model's first middle-flow blocks onto the others
+    (``model.restack``);
     ``augment_strength`` scales the geometry and grey-level ranges, e.g. 0.5 for the last
     epochs; ``acquisition`` is the fraction of images given another acquisition's look."""
     import keras
 
-    check_options(model_name, grow_into, resume, augment_strength, acquisition)
+    check_options(model_name, grow_into, resume, augment_strength, acquisition, restack_scale)
     keras.utils.set_random_seed(seed)
     if mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
@@ -290,6 +298,8 @@ def train(
             channels=target.channels,
         )
         model, config = grow(model, config, grown), grown
+    if restack_scale is not None:
+        model = restack(model, config, restack_scale)
 
     z = (train_cases.bone_age_months - config.target_mean_months) / config.target_std_months
     targets = {"bone_age_z": z.astype(np.float32)[:, None]}

@@ -10,7 +10,7 @@ import pytest
 from conftest import DATA
 
 from boneage_infer import data, preprocessing
-from boneage_infer.model import MODELS, ModelConfig, build_model, deepen, grow, xception_backbone
+from boneage_infer.model import MODELS, ModelConfig, build_model, deepen, grow, restack, xception_backbone
 
 
 def _backbone(config: ModelConfig, size: int) -> keras.Model:
@@ -87,6 +87,32 @@ def test_deepening_keeps_the_reading_and_adds_trainable_blocks():
     # the new blocks add nothing yet but can learn: gamma 0 at the end, ordinary weights inside
     assert np.all(deeper.get_layer("middle2_c_bn").gamma.numpy() == 0)
     assert np.any(deeper.get_layer("middle2_a_sepconv").get_weights()[0] != 0)
+
+
+def test_restacking_copies_the_first_blocks_onto_the_idle_ones():
+    config = replace(MODELS["xception-tiny"], middle_blocks=2)
+    source = deepen(_trained_looking(replace(config, middle_blocks=1)), config)  # block 1 idle
+    restacked = restack(source, config, 0.25)
+
+    def same(copy_name: str, original_name: str) -> None:
+        copy, original = restacked.get_layer(copy_name), source.get_layer(original_name)
+        for a, b in zip(copy.get_weights(), original.get_weights(), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+    for part in ("a_sepconv", "b_bn", "c_sepconv"):
+        same(f"middle1_{part}", f"middle0_{part}")
+    gamma, beta, mean, _ = restacked.get_layer("middle1_c_bn").get_weights()
+    np.testing.assert_allclose(gamma, 0.25 * source.get_layer("middle0_c_bn").gamma.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(beta, 0.25 * source.get_layer("middle0_c_bn").beta.numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(mean, source.get_layer("middle0_c_bn").moving_mean.numpy())
+    for name in ("entry3_a_sepconv", "middle0_c_bn", "head_dense"):  # the rest is unchanged
+        same(name, name)
+    inputs = _val_inputs()  # the revived block now adds to the reading
+    assert not np.allclose(
+        restacked.predict(inputs, verbose=0)["bone_age_z"], source.predict(inputs, verbose=0)["bone_age_z"]
+    )
+    with pytest.raises(ValueError, match="at least 2 middle-flow blocks"):
+        restack(source, replace(config, middle_blocks=1), 0.25)
 
 
 def test_widening_keeps_the_reading_and_the_copied_channels_part_ways():

@@ -104,6 +104,8 @@ def test_train_refuses_an_unknown_model_growing_without_resume_or_a_bad_scale(tm
         (["--model", "resnet"], "unknown model 'resnet'; known: xception"),
         (["--resume", "weights", "--grow", "xception-huge"], "unknown model 'xception-huge'"),
         (["--grow", "xception-wide"], "--grow needs --resume"),
+        (["--restack", "0.25"], "--restack needs --resume"),
+        (["--resume", "weights", "--restack", "0"], "--restack must be above 0 and at most 1, got 0.0"),
         (["--augment", "1.5"], "--augment must be between 0 and 1, got 1.5"),
         (["--acquisition", "-0.1"], "--acquisition must be between 0 and 1, got -0.1"),
     ):
