@@ -66,32 +66,36 @@ def make_predict(predictor: BoneAgePredictor):
         )
         for warning in reading.warnings:
             gr.Warning(warning)
+        details = reading.to_dict()
         return (
-            *_texts(reading),
+            *_texts(details),
             prepared.enhanced,
             heat,
             report.growth_chart(reading),
             str(pdf),
-            reading.to_dict(),
+            details,
             f"Model {reading.model_version} on {reading.device}. {report.DISCLAIMER}",
         )
 
     return predict
 
 
-def _texts(reading) -> tuple[str, str, str, str]:
-    bone_age = f"{reading.bone_age_months:.1f} months ({reading.bone_age_text})"
-    if reading.interval_90:
-        bone_age += f", 90% interval {reading.interval_90[0]:.1f}-{reading.interval_90[1]:.1f}"
-    if reading.gap_months is None:
+def _texts(details: dict) -> tuple[str, str, str, str]:
+    """Bone age, gap, z-score and stage as text, from the same rounded figures as the details
+    JSON (so a value at a rounding boundary reads the same in both)."""
+    bone_age = f"{details['bone_age_months']:.1f} months ({details['bone_age_text']})"
+    if details["interval_90"]:
+        bone_age += f", 90% interval {details['interval_90'][0]:.1f}-{details['interval_90'][1]:.1f}"
+    if details["gap_months"] is None:
         gap, z = "enter the chronological age to compare", "-"
     else:
         gap = (
-            f"{reading.gap_months:+.1f} months "
-            f"(bone age − chronological age {reading.chronological_age_months:.1f} months)"
+            f"{details['gap_months']:+.1f} months "
+            f"(bone age − chronological age {details['chronological_age_months']:.1f} months)"
         )
-        z = f"{reading.z_score:+.2f} SD: {reading.call}" if reading.z_score is not None else reading.call
-    return bone_age, gap, z, reading.stage
+        z_score = details["z_score"]
+        z = f"{z_score:+.2f} SD: {details['call']}" if z_score is not None else details["call"]
+    return bone_age, gap, z, details["stage"]
 
 
 def cleared_outputs() -> tuple:
