@@ -7,6 +7,7 @@ import time
 
 import pytest
 import skimage.data
+from conftest import ROOT
 from gradio_client import Client, handle_file
 from PIL import Image
 
@@ -102,3 +103,17 @@ def test_bad_inputs_are_clear_errors_and_the_server_survives(client, radiograph,
             predict(client, radiograph, sex, age)
     # still serving after all that
     assert predict(client, radiograph)[8]["bone_age_months"] > 0
+
+
+def test_readme_api_example_runs(app_url, radiograph, capsys):
+    """The README's HTTP API snippet, run as written against the app (only the URL and file swapped)."""
+    readme = (ROOT / "README.md").read_text()
+    snippet = readme.split("## HTTP API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    snippet = snippet.replace("http://127.0.0.1:7860/", app_url).replace('"hand.png"', repr(str(radiograph)))
+    namespace: dict = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    reading = namespace["reading"]
+    assert namespace["bone_age"].startswith(f"{reading['bone_age_months']:.1f} months")
+    assert reading["chronological_age_months"] == 123 and reading["sex"] == "F"
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert printed == " ".join(str(reading[key]) for key in ("bone_age_months", "z_score", "call"))
