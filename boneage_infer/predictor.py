@@ -34,7 +34,7 @@ class RejectedImage(ImageError):
 
 @dataclass
 class Reading:
-    """A bone-age reading of one radiograph. Ages in months; gap = bone age − chronological age."""
+    """A bone-age reading of one radiograph. Ages in months to 0.1; gap = bone age − chronological age."""
 
     file: str | None
     sex: str  # "M", "F" or "U" (unknown: the reading averages both sexes)
@@ -160,7 +160,10 @@ class BoneAgePredictor:
 
     def _reading(self, image: PreparedImage, sex: str, age: float | None, by_sex: dict, file: str | None):
         warnings = list(image.radiograph.notes) + list(image.quality.warnings)
-        months = float(np.clip(np.mean(list(by_sex.values())), 0.0, 240.0))
+        # Ages to 0.1 month, the precision reported, so that every figure shown adds up.
+        by_sex = {k: round(float(np.clip(v, 0.0, 240.0)), 1) for k, v in by_sex.items()}
+        months = round(float(np.mean(list(by_sex.values()))), 1)
+        age = None if age is None else round(age, 1)
         reading = Reading(
             file=file,
             sex=sex,
@@ -175,15 +178,14 @@ class BoneAgePredictor:
             device=self.device,
         )
         if sex == UNKNOWN_SEX:
-            reading.bone_age_by_sex = {k: float(v) for k, v in by_sex.items()}
+            reading.bone_age_by_sex = by_sex
             reading.stage = " / ".join(f"{clinical.stage(v, k)} ({k})" for k, v in by_sex.items())
             warnings.append(
                 "Sex unknown: the bone age is the mean of the readings as a girl "
                 f"({by_sex['F']:.1f} months) and as a boy ({by_sex['M']:.1f} months)."
             )
         if age is not None:
-            gap = months - age
-            reading.gap_months = gap
+            reading.gap_months = round(months - age, 1)
             calls = {k: clinical.interpret(v, age, k) for k, v in by_sex.items()}
             if sex != UNKNOWN_SEX:
                 result = calls[sex]

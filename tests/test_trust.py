@@ -235,7 +235,8 @@ def test_rejected_image_gets_no_bone_age_in_the_cli(tmp_path):
 def test_unknown_sex_reads_both_and_says_so(predictor, radiograph):
     reading = predictor.predict(radiograph, "U", 120)
     assert reading.sex == "U" and set(reading.bone_age_by_sex) == {"F", "M"}
-    assert reading.bone_age_months == pytest.approx(np.mean(list(reading.bone_age_by_sex.values())), abs=0.01)
+    by_sex = list(reading.bone_age_by_sex.values())
+    assert reading.bone_age_months == pytest.approx(np.mean(by_sex), abs=0.051)  # each to 0.1 month
     assert reading.z_score is None
     assert any("Sex unknown" in w for w in reading.warnings)
     girl = predictor.predict(radiograph, "F", 120)
