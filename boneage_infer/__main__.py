@@ -209,10 +209,11 @@ def _average(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import check_options, cross_validate, train
+    from .train import check_options, cross_validate, resolve_precision, train
 
     try:
         check_options(args.model, args.grow, args.resume, args.augment, args.acquisition, args.restack)
+        precision = resolve_precision(args.precision)
     except ValueError as exc:
         _print_error("train", exc)
         return 2
@@ -227,7 +228,7 @@ def _train(args: argparse.Namespace) -> int:
         age_group_head=args.age_group_head,
         augment_strength=args.augment,
         acquisition=args.acquisition,
-        mixed_precision=not args.fp32,
+        precision=precision,
         limit=args.limit,
         verbose=1 if sys.stdout.isatty() or args.progress else 2,
     )
@@ -300,7 +301,12 @@ def main(argv: list[str] | None = None) -> int:
         default=1.0,
         help="fraction of images given another acquisition's look (noise, blur, gamma, JPEG, framing)",
     )
-    p.add_argument("--fp32", action="store_true", help="disable mixed bfloat16")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        help="auto (default), bfloat16 or float32; auto trains in mixed bfloat16 only on a GPU "
+        "or a CPU with native bfloat16 (avx512_bf16, AMX), where it is faster",
+    )
     p.add_argument("--folds", type=int, default=1, help="K-fold cross-validation on the train split")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--limit", type=int, help="use only this many training images (smoke tests)")

@@ -27,7 +27,7 @@ def test_short_training_run_learns_and_checkpoints_reload(tmp_path):
         batch_size=8,
         learning_rate=1e-3,
         limit=64,
-        mixed_precision=False,
+        precision="float32",
         verbose=0,
     )
     log = list(csv.DictReader(open(out / "log.csv")))
@@ -96,7 +96,7 @@ def test_calibrate_sets_the_views_and_writes_a_gate_and_interval_that_load(tmp_p
     assert predictor._interval(float(months[0]))[1] > months[0]
 
 
-def test_train_refuses_an_unknown_model_growing_without_resume_or_a_bad_scale(tmp_path, capsys):
+def test_train_refuses_an_unknown_model_growing_without_resume_a_bad_scale_or_precision(tmp_path, capsys):
     from boneage_infer.__main__ import main
 
     out = tmp_path / "run"
@@ -108,10 +108,18 @@ def test_train_refuses_an_unknown_model_growing_without_resume_or_a_bad_scale(tm
         (["--resume", "weights", "--restack", "0"], "--restack must be above 0 and at most 1, got 0.0"),
         (["--augment", "1.5"], "--augment must be between 0 and 1, got 1.5"),
         (["--acquisition", "-0.1"], "--acquisition must be between 0 and 1, got -0.1"),
+        (["--precision", "half"], "precision must be one of auto, bfloat16, float32, not 'half'"),
     ):
         assert main(["train", "--data", str(DATA), "--out", str(out), *extra]) == 2
         assert message in capsys.readouterr().err
         assert not out.exists()
+
+
+def test_auto_precision_is_bfloat16_only_where_this_machine_has_it_natively():
+    from boneage_infer.train import bfloat16_is_fast, resolve_precision
+
+    assert resolve_precision("float32") == "float32" and resolve_precision("bfloat16") == "bfloat16"
+    assert resolve_precision("auto") == ("bfloat16" if bfloat16_is_fast() else "float32")
 
 
 def test_shipped_weights_reach_the_card_figure_on_a_fixed_val_subset(predictor):
