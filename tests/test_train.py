@@ -115,13 +115,6 @@ def test_train_refuses_an_unknown_model_growing_without_resume_a_bad_scale_or_pr
         assert not out.exists()
 
 
-def test_auto_precision_is_bfloat16_only_where_this_machine_has_it_natively():
-    from boneage_infer.train import bfloat16_is_fast, resolve_precision
-
-    assert resolve_precision("float32") == "float32" and resolve_precision("bfloat16") == "bfloat16"
-    assert resolve_precision("auto") == ("bfloat16" if bfloat16_is_fast() else "float32")
-
-
 def test_shipped_weights_reach_the_card_figure_on_a_fixed_val_subset(predictor):
     card = json.loads((BUNDLED_WEIGHTS / "val_metrics.json").read_text())
     n = card["fixed_subset"]["n"]
