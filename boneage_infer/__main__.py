@@ -209,11 +209,17 @@ def _average(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import check_options, cross_validate, resolve_precision, train
+    from .train import check_options, continue_run, cross_validate, resolve_precision, train
 
+    verbose = 1 if sys.stdout.isatty() or args.progress else 2
     try:
-        check_options(args.model, args.grow, args.resume, args.augment, args.acquisition, args.restack)
         precision = resolve_precision(args.precision)
+        if args.continue_run:
+            print(continue_run(args.continue_run, precision=precision, verbose=verbose))
+            return 0
+        if not (args.data and args.out):
+            raise ValueError("give --data and --out for a new run, or --continue RUN for an interrupted one")
+        check_options(args.model, args.grow, args.resume, args.augment, args.acquisition, args.restack)
     except ValueError as exc:
         _print_error("train", exc)
         return 2
@@ -230,7 +236,8 @@ def _train(args: argparse.Namespace) -> int:
         acquisition=args.acquisition,
         precision=precision,
         limit=args.limit,
-        verbose=1 if sys.stdout.isatty() or args.progress else 2,
+        checkpoint_minutes=args.checkpoint_minutes,
+        verbose=verbose,
     )
     if args.folds > 1:
         print(cross_validate(args.data, args.out, args.folds, seed=args.seed, **options))
@@ -269,8 +276,15 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(run=_evaluate)
 
     p = commands.add_parser("train", help="train on an RSNA-layout data folder")
-    p.add_argument("--data", type=Path, required=True, help="folder with images/, labels.csv, splits.csv")
-    p.add_argument("--out", type=Path, required=True, help="run folder, e.g. runs/NAME")
+    p.add_argument("--data", type=Path, help="folder with images/, labels.csv, splits.csv")
+    p.add_argument("--out", type=Path, help="run folder, e.g. runs/NAME")
+    p.add_argument(
+        "--continue",
+        dest="continue_run",
+        type=Path,
+        metavar="RUN",
+        help="continue an interrupted run folder where it stopped, with its own options",
+    )
     p.add_argument(
         "--model",
         default="xception-small",
@@ -310,6 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folds", type=int, default=1, help="K-fold cross-validation on the train split")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--limit", type=int, help="use only this many training images (smoke tests)")
+    p.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=20.0,
+        help="also save the run's state this often within an epoch, for --continue (default 20)",
+    )
     p.add_argument("--progress", action="store_true", help="progress bar with ETA even when not a tty")
     p.set_defaults(run=_train)
 

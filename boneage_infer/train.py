@@ -10,12 +10,18 @@ After every epoch the BatchNorm statistics are recomputed on clean radiographs (
 BN: the moving averages lag behind at high learning rates and mislead inference), then
 ``last/`` and, when val MAE improves, ``best/`` are written (each a complete weights
 folder), with a row of ``log.csv`` and ``learning_curve.png``.
+
+A run outlives the process that trains it: ``run.json`` holds its options, and ``state/``
+its weights, Adam's moments and its place in the schedule, written after every epoch and
+every ``checkpoint_minutes`` within one. ``train --continue runs/NAME`` picks it up there,
+finishing an interrupted epoch with the steps it had left, on a fresh shuffle.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +33,11 @@ from . import data, metrics, preprocessing
 from .model import AGE_GROUP_EDGES_MONTHS, MODELS, ModelConfig, build_model, grow, restack
 from .weights import CONFIG_FILE, WEIGHTS_FILE, save_weights
 
+RUN_FILE = "run.json"  # the run's options, read back by ``continue_run``
+STATE_DIR = "state"  # weights, optimizer and progress, to continue a run
+OPTIMIZER_FILE = "optimizer.npz"
+PROGRESS_FILE = "progress.json"
+REWARM_STEPS = 100  # warm-up when a run continues without its optimizer state
 BN_IMAGES = 1024  # clean train radiographs for the BatchNorm statistics after each epoch
 PRECISIONS = ("auto", "bfloat16", "float32")
 NATIVE_BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}
@@ -248,6 +259,66 @@ def check_options(
             raise ValueError(f"{option} must be between 0 and 1, got {value}")
 
 
+def _schedule(learning_rate: float, steps_per_epoch: int, total_steps: int, rewarm_from: int | None = None):
+    """Linear warm-up to the peak over half an epoch (a tenth of a short run), then cosine
+    decay; ``rewarm_from`` (a step) warms up again from there, for a run continued without
+    Adam's moments (they start afresh)."""
+    import keras
+
+    cosine = keras.optimizers.schedules.CosineDecay(
+        0.0,
+        decay_steps=total_steps,
+        alpha=0.01,
+        warmup_target=learning_rate,
+        warmup_steps=min(steps_per_epoch // 2, total_steps // 10),  # also on resume: Adam starts afresh
+    )
+    if rewarm_from is None:
+        return cosine
+
+    class Rewarmed(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            ramp = (keras.ops.cast(step, "float32") - rewarm_from + 1.0) / REWARM_STEPS
+            return cosine(step) * keras.ops.clip(ramp, 0.0, 1.0)
+
+    return Rewarmed()
+
+
+def _save_state(model, config: ModelConfig, out: Path, progress: dict) -> None:
+    """Weights, Adam's moments and ``progress`` to ``out/state``, written beside it first so
+    that a process killed while writing leaves the previous state whole."""
+    folder, partial = out / STATE_DIR, out / f"{STATE_DIR}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    config.save(partial / CONFIG_FILE)
+    model.save_weights(partial / WEIGHTS_FILE)
+    store: dict = {}
+    model.optimizer.save_own_variables(store)
+    np.savez(partial / OPTIMIZER_FILE, **store)
+    (partial / PROGRESS_FILE).write_text(json.dumps(progress))
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+
+
+def _read_log(out: Path, epochs: int) -> list[dict]:
+    """The first ``epochs`` rows of a run's log.csv, as numbers."""
+    if not (out / "log.csv").is_file():
+        return []
+    rows = list(csv.DictReader(open(out / "log.csv", newline="")))[:epochs]
+    return [{k: int(v) if k in ("epoch", "input_size") else float(v) for k, v in r.items()} for r in rows]
+
+
+def _checkpoint_to_continue(out: Path) -> tuple[Path, dict]:
+    """The folder a run continues from and its progress: ``state/`` (mid-epoch, with Adam's
+    moments) or else ``last/`` (after the epochs in log.csv; runs of an earlier trainer)."""
+    if (out / STATE_DIR / PROGRESS_FILE).is_file():
+        return out / STATE_DIR, json.loads((out / STATE_DIR / PROGRESS_FILE).read_text())
+    if (out / "last" / WEIGHTS_FILE).is_file():
+        log = _read_log(out, 10**6)
+        elapsed = log[-1]["elapsed_min"] if log else 0.0
+        return out / "last", {"epoch": len(log), "step": 0, "elapsed_min": elapsed, "continuations": 0}
+    raise ValueError(f"{out} has no checkpoint to continue from (no {STATE_DIR}/ or last/)")
+
+
 def train(
     data_root: Path,
     out: Path,
@@ -266,6 +337,8 @@ def train(
     train_ids: list[str] | None = None,
     val_ids: list[str] | None = None,
     limit: int | None = None,
+    checkpoint_minutes: float = 20.0,
+    continuing: bool = False,
     verbose: int = 1,
 ) -> dict:
     """Train one model; returns the best val metrics. ``train_ids``/``val_ids`` override the split;
@@ -273,10 +346,12 @@ def train(
     ``restack_scale`` copies the resumed model's first middle-flow blocks onto the others
     (``model.restack``);
     ``augment_strength`` scales the geometry and grey-level ranges, e.g. 0.5 for the last
-    epochs; ``acquisition`` is the fraction of images given another acquisition's look."""
+    epochs; ``acquisition`` is the fraction of images given another acquisition's look.
+    ``continuing`` picks the run in ``out`` up where it stopped (``continue_run``)."""
     import keras
 
     check_options(model_name, grow_into, resume, augment_strength, acquisition, restack_scale)
+    options = {k: v for k, v in locals().items() if k not in ("keras", "out", "continuing", "verbose")}
     keras.utils.set_random_seed(seed)
     precision = resolve_precision(precision)
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
@@ -284,6 +359,7 @@ def train(
         print(f"precision: {precision}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_FILE).write_text(json.dumps(options, indent=2, default=str))
     plan = parse_stages(stages)
 
     all_cases = data.load_cases(data_root / "images", data_root / "labels.csv")
@@ -302,7 +378,12 @@ def train(
     bn_index = np.random.default_rng(seed).permutation(len(train_cases))[:BN_IMAGES]
     bn_images = np.stack([preprocessing.clahe(image) for image in train_images[bn_index]])
 
-    if resume:
+    progress = {"epoch": 0, "step": 0, "elapsed_min": 0.0, "continuations": 0}
+    if continuing:
+        checkpoint, progress = _checkpoint_to_continue(out)
+        progress["continuations"] += 1
+        config = ModelConfig.load(checkpoint / CONFIG_FILE)
+    elif resume:
         config = ModelConfig.load(Path(resume) / CONFIG_FILE)
     else:
         config = replace(
@@ -313,9 +394,11 @@ def train(
         )
     config = replace(config, input_size=plan[-1][0], test_zooms=(1.0,))  # `calibrate --zooms` sets the views
     model = build_model(config)
-    if resume:
+    if continuing:
+        model.load_weights(checkpoint / WEIGHTS_FILE)
+    elif resume:
         model.load_weights(Path(resume) / WEIGHTS_FILE)
-    if grow_into:
+    if grow_into and not continuing:
         target = MODELS[grow_into]
         grown = replace(
             config,
@@ -325,7 +408,7 @@ def train(
             channels=target.channels,
         )
         model, config = grow(model, config, grown), grown
-    if restack_scale is not None:
+    if restack_scale is not None and not continuing:
         model = restack(model, config, restack_scale)
 
     z = (train_cases.bone_age_months - config.target_mean_months) / config.target_std_months
@@ -339,28 +422,57 @@ def train(
 
     steps_per_epoch = len(train_cases) // batch_size
     total_steps = steps_per_epoch * sum(e for _, e in plan)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0,
-        decay_steps=total_steps,
-        alpha=0.01,
-        warmup_target=learning_rate,
-        warmup_steps=min(steps_per_epoch // 2, total_steps // 10),  # also on resume: Adam starts afresh
-    )
+    done_steps = progress["epoch"] * steps_per_epoch + progress["step"]
+    rewarm = continuing and not (checkpoint / OPTIMIZER_FILE).is_file()
+    schedule = _schedule(learning_rate, steps_per_epoch, total_steps, done_steps if rewarm else None)
     model.compile(
         optimizer=keras.optimizers.Adam(schedule),
         loss=losses,
         loss_weights=loss_weights,
         jit_compile=False,
     )
+    if continuing:
+        model.optimizer.build(model.trainable_variables)
+        if rewarm:
+            model.optimizer.iterations.assign(done_steps)
+        else:
+            store = np.load(checkpoint / OPTIMIZER_FILE)
+            if len(store.files) != len(model.optimizer.variables):
+                raise ValueError(f"{checkpoint / OPTIMIZER_FILE} does not match this model's optimizer")
+            model.optimizer.load_own_variables(store)
+        if verbose:
+            print(
+                f"continuing {out} from {checkpoint.name}/ at epoch {progress['epoch'] + 1}, step "
+                f"{progress['step']} of {steps_per_epoch}"
+                + (f"; Adam starts afresh, warming up over {REWARM_STEPS} steps" if rewarm else ""),
+                flush=True,
+            )
 
-    log_rows: list[dict] = []
+    log_rows = _read_log(out, progress["epoch"]) if continuing else []
     best = {"mae": float("inf")}
-    started = time.time()
+    if continuing and (out / "best" / "val_metrics.json").is_file():
+        best = json.loads((out / "best" / "val_metrics.json").read_text())
+    started = time.time() - 60 * progress["elapsed_min"]
 
-    class EpochEnd(keras.callbacks.Callback):
-        def __init__(self, size: int):
+    def save_state(epoch: int, step: int) -> None:
+        progress.update(epoch=epoch, step=step, elapsed_min=(time.time() - started) / 60)
+        _save_state(model, config, out, progress)
+
+    class Checkpoints(keras.callbacks.Callback):
+        """After every epoch: precise BN, val metrics, log, last/ and best/, and the state;
+        within an epoch, the state every ``checkpoint_minutes``."""
+
+        def __init__(self, size: int, step_offset: int = 0):
             super().__init__()
-            self.size = size
+            self.size, self.step_offset, self.saved = size, step_offset, time.time()
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            if time.time() - self.saved > 60 * checkpoint_minutes:
+                save_state(self.epoch, self.step_offset + batch + 1)
+                self.saved = time.time()
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
@@ -399,33 +511,64 @@ def train(
                 best.update(result, epoch=epoch + 1, input_size=self.size)
                 save_weights(self.model, serving, out / "best", version)
                 (out / "best" / "val_metrics.json").write_text(json.dumps(best, indent=2))
+            save_state(epoch + 1, 0)
+            self.step_offset, self.saved = 0, time.time()
             print(
                 f"epoch {epoch + 1}: val MAE {result['mae']:.2f} months "
                 f"(best {best['mae']:.2f}), {row['elapsed_min']:.1f} min",
                 flush=True,
             )
 
-    epoch = 0
+    stage_start = 0
     for size, epochs in plan:
-        dataset = _dataset(
-            train_images,
-            train_cases.male,
-            targets,
-            size,
-            batch_size,
-            seed + epoch,
-            augment_strength,
-            acquisition,
-        )
-        model.fit(
-            dataset,
-            epochs=epoch + epochs,
-            initial_epoch=epoch,
-            callbacks=[EpochEnd(size)],
-            verbose=verbose,
-        )
-        epoch += epochs
+        stage_end, first = stage_start + epochs, max(stage_start, progress["epoch"])
+        if first < stage_end:
+            dataset = _dataset(
+                train_images,
+                train_cases.male,
+                targets,
+                size,
+                batch_size,
+                seed + stage_start + 1000 * progress["continuations"],  # a fresh shuffle on each continuation
+                augment_strength,
+                acquisition,
+            )
+            if progress["step"] and first == progress["epoch"]:  # finish the interrupted epoch
+                model.fit(
+                    dataset.take(steps_per_epoch - progress["step"]),
+                    epochs=first + 1,
+                    initial_epoch=first,
+                    callbacks=[Checkpoints(size, progress["step"])],
+                    verbose=verbose,
+                )
+                first += 1
+            if first < stage_end:
+                model.fit(
+                    dataset,
+                    epochs=stage_end,
+                    initial_epoch=first,
+                    callbacks=[Checkpoints(size)],
+                    verbose=verbose,
+                )
+        stage_start = stage_end
     return best
+
+
+def continue_run(out: Path, precision: str = "auto", verbose: int = 1) -> dict:
+    """Continue the run in ``out`` (a session ended, or the process was killed) with the
+    options in its run.json, from its state/ (or last/), in ``precision`` (this machine's
+    may differ from the one that started it); returns the best val metrics."""
+    out = Path(out)
+    if not (out / RUN_FILE).is_file():
+        raise ValueError(f"{out} is not a run folder: it has no {RUN_FILE}")
+    options = json.loads((out / RUN_FILE).read_text())
+    progress = _checkpoint_to_continue(out)[1]  # fails before any work
+    epochs = sum(e for _, e in parse_stages(options["stages"]))
+    if progress["epoch"] >= epochs:
+        print(f"{out} has finished its {epochs} epochs; nothing to continue", flush=True)
+        return json.loads((out / "best" / "val_metrics.json").read_text())
+    options.update(data_root=Path(options["data_root"]), precision=precision)
+    return train(out=out, continuing=True, verbose=verbose, **options)
 
 
 def cross_validate(data_root: Path, out: Path, folds: int, seed: int = 42, **kwargs) -> dict:

@@ -52,6 +52,58 @@ def test_short_training_run_learns_and_checkpoints_reload(tmp_path):
     assert np.mean(np.abs(months - val.bone_age_months)) == pytest.approx(best["mae"], abs=1e-3)
 
 
+def test_a_killed_run_continues_where_it_stopped_with_or_without_its_optimizer_state(tmp_path):
+    """A session ends mid-epoch: the process dies, and ``--continue`` finishes the run."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    from boneage_infer.train import continue_run
+
+    run = tmp_path / "run"
+    args = ["--data", str(DATA), "--out", str(run), "--model", "xception-tiny", "--stages", "96:2,112:1"]
+    args += ["--batch-size", "8", "--limit", "64", "--precision", "float32", "--checkpoint-minutes", "0"]
+    process = subprocess.Popen([sys.executable, "-m", "boneage_infer", "train", *args], cwd=ROOT)
+    progress, deadline = {}, time.time() + 240
+    while not (progress.get("epoch", 0) >= 1 and progress.get("step", 0) >= 1):  # within epoch 2
+        assert process.poll() is None and time.time() < deadline, "the run ended before it was killed"
+        try:
+            progress = json.loads((run / "state" / "progress.json").read_text())
+        except (OSError, ValueError):  # not written yet, or being replaced
+            pass
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    first_epoch = list(csv.DictReader(open(run / "log.csv")))
+    assert 1 <= len(first_epoch) < 3  # killed before the end
+
+    older = tmp_path / "older"  # a run folder without state/, as an earlier trainer left it
+    shutil.copytree(run, older)
+    shutil.rmtree(older / "state")
+    for folder in (run, older):
+        best = continue_run(folder, precision="float32", verbose=0)
+        log = list(csv.DictReader(open(folder / "log.csv")))
+        assert [int(r["epoch"]) for r in log] == [1, 2, 3]
+        assert log[0] == first_epoch[0]  # not trained again
+        assert [int(r["input_size"]) for r in log] == [96, 96, 112]
+        # the schedule ran to its end exactly once: 3 epochs of 64 // 8 steps, the interrupted
+        # one finished with the steps it had left
+        assert int(np.load(folder / "state" / "optimizer.npz")["0"]) == 24
+        assert json.loads((folder / "state" / "progress.json").read_text())["continuations"] == 1
+        assert best["mae"] == min(float(r["val_mae_months"]) for r in log)
+        assert BoneAgePredictor(folder / "last").config.input_size == 112
+    finished = json.loads((run / "best" / "val_metrics.json").read_text())
+    assert continue_run(run, verbose=0) == finished  # a finished run has nothing left to do
+    assert len(list(csv.DictReader(open(run / "log.csv")))) == 3
+    assert "--continue" in run_cli("train", "--help").stdout
+    missing = run_cli("train", "--continue", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and "has no run.json" in missing.stderr
+
+
 def _small_data_root(folder, n_train: int, n_val: int):
     """An RSNA-layout folder of the first train and val radiographs (images linked, not copied)."""
     (folder / "images").mkdir(parents=True)
