@@ -299,8 +299,8 @@ def _save_state(model, config: ModelConfig, out: Path, progress: dict) -> None:
     partial.rename(folder)
 
 
-def _read_log(out: Path, epochs: int) -> list[dict]:
-    """The first ``epochs`` rows of a run's log.csv, as numbers."""
+def _read_log(out: Path, epochs: int | None = None) -> list[dict]:
+    """The rows of a run's log.csv (the first ``epochs`` of them), as numbers."""
     if not (out / "log.csv").is_file():
         return []
     rows = list(csv.DictReader(open(out / "log.csv", newline="")))[:epochs]
@@ -313,7 +313,7 @@ def _checkpoint_to_continue(out: Path) -> tuple[Path, dict]:
     if (out / STATE_DIR / PROGRESS_FILE).is_file():
         return out / STATE_DIR, json.loads((out / STATE_DIR / PROGRESS_FILE).read_text())
     if (out / "last" / WEIGHTS_FILE).is_file():
-        log = _read_log(out, 10**6)
+        log = _read_log(out)
         elapsed = log[-1]["elapsed_min"] if log else 0.0
         return out / "last", {"epoch": len(log), "step": 0, "elapsed_min": elapsed, "continuations": 0}
     raise ValueError(f"{out} has no checkpoint to continue from (no {STATE_DIR}/ or last/)")
