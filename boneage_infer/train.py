@@ -31,7 +31,7 @@ import numpy as np
 
 from . import data, metrics, preprocessing
 from .model import AGE_GROUP_EDGES_MONTHS, MODELS, ModelConfig, build_model, grow, restack
-from .weights import CONFIG_FILE, WEIGHTS_FILE, save_weights
+from .weights import CONFIG_FILE, WEIGHTS_FILE, save_network, save_weights
 
 RUN_FILE = "run.json"  # the run's options, read back by ``continue_run``
 STATE_DIR = "state"  # weights, optimizer and progress, to continue a run
@@ -290,7 +290,7 @@ def _save_state(model, config: ModelConfig, out: Path, progress: dict) -> None:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     config.save(partial / CONFIG_FILE)
-    model.save_weights(partial / WEIGHTS_FILE)
+    save_network(model, partial / WEIGHTS_FILE)
     store: dict = {}
     model.optimizer.save_own_variables(store)
     np.savez(partial / OPTIMIZER_FILE, **store)

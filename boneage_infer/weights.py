@@ -110,12 +110,21 @@ def resolve_weights(path: str | Path | None = None) -> Path:
     return BUNDLED_WEIGHTS
 
 
+def save_network(model, path: Path) -> None:
+    """The network's weights alone. A compiled model's ``save_weights`` would add Adam's
+    moments (three times the file); training keeps those in ``state/`` when it needs them."""
+    from keras.src.saving import saving_lib  # public API has no skip; keras is pinned
+
+    optimizer = getattr(model, "optimizer", None)
+    saving_lib.save_weights_only(model, path, objects_to_skip=[optimizer] if optimizer else None)
+
+
 def save_weights(model, config: ModelConfig, folder: Path, version: str) -> None:
     """Write config, weights and manifest to ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config.save(folder / CONFIG_FILE)
-    model.save_weights(folder / WEIGHTS_FILE)
+    save_network(model, folder / WEIGHTS_FILE)
     write_manifest(folder, version)
 
 

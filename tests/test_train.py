@@ -6,6 +6,7 @@ import csv
 import json
 
 import cv2
+import h5py
 import numpy as np
 import pytest
 from conftest import DATA, run_cli
@@ -44,6 +45,8 @@ def test_short_training_run_learns_and_checkpoints_reload(tmp_path):
             "model.weights.h5",
             "manifest.json",
         }
+        with h5py.File(out / folder / "model.weights.h5") as weights:
+            assert "optimizer" not in weights  # Adam's moments are training state, not the model
     # the checkpoint reloads to the same predictions the run measured
     val = data.load_split(DATA, "val")
     val = val.subset(np.arange(len(val)) < best["n"])  # the run validates on val[:limit // 4]
