@@ -232,6 +232,7 @@ def _train(args: argparse.Namespace) -> int:
         grow_into=args.grow,
         restack_scale=args.restack,
         age_group_head=args.age_group_head,
+        hand_crop=args.hand_crop,
         augment_strength=args.augment,
         acquisition=args.acquisition,
         precision=precision,
@@ -306,6 +307,11 @@ def main(argv: list[str] | None = None) -> int:
         "their residual scaled by SCALE (revives blocks that never grew)",
     )
     p.add_argument("--age-group-head", action="store_true", help="add the 5-group head (5*MAE + CE)")
+    p.add_argument(
+        "--hand-crop",
+        action="store_true",
+        help="train (and so serve) on radiographs cropped to a square around the hand",
+    )
     p.add_argument(
         "--augment", type=float, default=1.0, help="scale of rotation/zoom/shift/brightness/contrast (0 to 1)"
     )

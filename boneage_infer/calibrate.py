@@ -92,7 +92,8 @@ def calibrate(
     if recompute_bn:
         model, config, _ = load_model(folder)
         subset = train.subset(np.isin(np.arange(len(train)), order[: BN_IMAGES * 2]))
-        recompute_batchnorm(model, data.enhanced_images(subset), subset.male, config.input_size)
+        images = data.enhanced_images(subset, hand_crop=config.hand_crop)
+        recompute_batchnorm(model, images, subset.male, config.input_size)
         save_weights(model, config, folder, version)
     predictor = BoneAgePredictor(folder)
     fit_cases = train.subset(np.isin(np.arange(len(train)), order[:fit_n]))

@@ -7,6 +7,7 @@ import hashlib
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -104,15 +105,17 @@ def _canonical_file(path: Path) -> np.ndarray:
     return canonical(read_radiograph(path).pixels)
 
 
-def _enhance_file(path: Path) -> np.ndarray:
-    return enhance(read_radiograph(path).pixels)
+def _enhance_file(path: Path, hand_crop: bool = False) -> np.ndarray:
+    return enhance(read_radiograph(path).pixels, hand_crop)
 
 
 def _decoded(kind: str, decode, cases: Cases, cache_dir: Path | None) -> np.ndarray:
-    """``decode`` every case in parallel (uint8, N x 299 x 299), cached on disk when asked."""
+    """``decode`` every case in parallel (uint8, N x 299 x 299), cached on disk when asked
+    (keyed by the preprocessing version, ``kind`` and the files' paths)."""
     cache = None
     if cache_dir is not None:
-        recipe = f"{PREPROCESSING_VERSION} {' '.join(cases.ids)}"
+        paths = " ".join(str(Path(p).resolve()) for p in cases.paths)
+        recipe = f"{PREPROCESSING_VERSION} {kind} {paths}"
         key = hashlib.sha256(recipe.encode()).hexdigest()[:16]
         cache = Path(cache_dir) / f"{kind}_{key}.npy"
         if cache.is_file():
@@ -130,9 +133,11 @@ def canonical_images(cases: Cases, cache_dir: Path | None = None) -> np.ndarray:
     return _decoded("canonical", _canonical_file, cases, cache_dir)
 
 
-def enhanced_images(cases: Cases, cache_dir: Path | None = None) -> np.ndarray:
-    """Decoded and CLAHE-enhanced radiographs, exactly as the model sees them."""
-    return _decoded("enhanced", _enhance_file, cases, cache_dir)
+def enhanced_images(cases: Cases, cache_dir: Path | None = None, hand_crop: bool = False) -> np.ndarray:
+    """Decoded, cropped to the hand if ``hand_crop``, and CLAHE-enhanced radiographs, exactly
+    as the model sees them."""
+    kind = "enhanced_hand" if hand_crop else "enhanced"
+    return _decoded(kind, partial(_enhance_file, hand_crop=hand_crop), cases, cache_dir)
 
 
 EXAMPLES_CSV = Path(__file__).resolve().parent.parent / "examples" / "cases.csv"

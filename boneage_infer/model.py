@@ -40,6 +40,9 @@ class ModelConfig:
     # Test-time views: the image zoomed about its centre by each factor (1.0: as is), each
     # read with its mirror; the served bone age is the mean. Set by ``calibrate --zooms``.
     test_zooms: tuple[float, ...] = (1.0,)
+    # Trained on radiographs cropped to a square around the hand (``preprocessing.crop_to_hand``),
+    # so served the same way.
+    hand_crop: bool = False
 
     def __post_init__(self):
         zooms = tuple(float(z) for z in self.test_zooms)

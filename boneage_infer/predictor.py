@@ -111,7 +111,7 @@ class BoneAgePredictor:
         verdict = quality.image_checks(radiograph)
         if not verdict.accepted:
             raise RejectedImage(verdict)
-        enhanced = preprocessing.enhance(radiograph.pixels)
+        enhanced = preprocessing.enhance(radiograph.pixels, self.config.hand_crop)
         model_input = preprocessing.to_model_input(enhanced, self.config.input_size)
         if self.config.channels == 3:
             model_input = np.repeat(model_input, 3, axis=-1)

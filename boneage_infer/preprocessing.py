@@ -7,8 +7,10 @@ Every image reaches the model the same way:
 2. stretch linearly to the full 8-bit range;
 3. resize to ``CANONICAL_SIZE`` x ``CANONICAL_SIZE`` *without* keeping the aspect
    ratio, because the RSNA training copy was stretched that way;
-4. CLAHE (OpenCV) for local contrast;
-5. resize to the model input size and scale to [-1, 1].
+4. for a model trained that way (``ModelConfig.hand_crop``), crop to a square around the
+   hand, so that how much of the frame the hand fills does not change the reading;
+5. CLAHE (OpenCV) for local contrast;
+6. resize to the model input size and scale to [-1, 1].
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ PREPROCESSING_VERSION = 2  # bump when the pixels reaching the model change (inv
 CANONICAL_SIZE = 299
 CLAHE_CLIP_LIMIT = 2.0
 CLAHE_TILE_GRID = (8, 8)
+HAND_MARGIN = 0.05  # of the hand's longer side, on each side of the crop
+MIN_HAND_AREA = 0.08  # of the frame: a smaller bright region is a marker or noise, not the hand
 MAX_PIXELS = 60_000_000  # larger than any plain radiograph; guards against decompression bombs
 MIN_SIDE = 64  # smaller images cannot show the growth plates
 MAX_FILE_BYTES = int(float(os.environ.get("BONEAGE_MAX_UPLOAD_MB", "100")) * 1024 * 1024)
@@ -243,9 +247,64 @@ def clahe(pixels: np.ndarray) -> np.ndarray:
     return _per_thread.clahe.apply(np.ascontiguousarray(pixels))
 
 
-def enhance(pixels: np.ndarray) -> np.ndarray:
-    """Stretch a uint8 greyscale radiograph to the canonical square and apply CLAHE."""
-    return clahe(canonical(pixels))
+def _largest_bright_region(blurred: np.ndarray, within: np.ndarray | None = None):
+    """Stats (x, y, width, height, area) and mask of the largest region brighter than Otsu's
+    threshold (taken over ``within`` only, if given), after a 7x7 opening; None if none."""
+    values = blurred[within] if within is not None else blurred
+    threshold, _ = cv2.threshold(values.reshape(-1, 1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    bright = blurred > threshold if within is None else (blurred > threshold) & within
+    bright = cv2.morphologyEx(bright.astype(np.uint8), cv2.MORPH_OPEN, np.ones((7, 7), np.uint8))
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(bright)
+    if count < 2:
+        return None
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return stats[largest], labels == largest
+
+
+def hand_box(pixels: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The hand's bounding box (x, y, width, height) in a uint8 radiograph: the largest region
+    brighter than Otsu's threshold, or, when that region is a plate or a collimated field (it
+    fills more than 80 % of its box), the largest one inside it by a second threshold. None
+    when nothing of at least ``MIN_HAND_AREA`` of the frame stands out."""
+    blurred = cv2.GaussianBlur(pixels, (5, 5), 0)
+    region = _largest_bright_region(blurred)
+    if region is not None and region[0][4] > 0.8 * region[0][2] * region[0][3]:
+        region = _largest_bright_region(blurred, within=region[1])
+    if region is None:
+        return None
+    x, y, width, height, _ = (int(v) for v in region[0])
+    return (x, y, width, height) if width * height >= MIN_HAND_AREA * pixels.size else None
+
+
+def crop_to_hand(pixels: np.ndarray) -> np.ndarray:
+    """A square around the hand (``hand_box`` plus ``HAND_MARGIN``), resized to the input's
+    size; beyond the frame it is filled with the frame's median edge grey. Unchanged if no
+    hand is found."""
+    box = hand_box(pixels)
+    if box is None:
+        return pixels
+    x, y, width, height = box
+    side = max(width, height) * (1 + 2 * HAND_MARGIN)
+    size = pixels.shape[0]
+    k = size / side
+    left, top = x + width / 2 - side / 2, y + height / 2 - side / 2
+    matrix = np.float32([[k, 0, -left * k], [0, k, -top * k]])
+    edges = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    return cv2.warpAffine(
+        pixels,
+        matrix,
+        (size, size),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=int(np.median(edges)),
+    )
+
+
+def enhance(pixels: np.ndarray, hand_crop: bool = False) -> np.ndarray:
+    """Stretch a uint8 greyscale radiograph to the canonical square, crop it to the hand if
+    ``hand_crop``, and apply CLAHE."""
+    pixels = canonical(pixels)
+    return clahe(crop_to_hand(pixels) if hand_crop else pixels)
 
 
 def scale(pixels):  # numpy array or tf tensor
@@ -274,6 +333,6 @@ def zoom(model_input: np.ndarray, factor: float) -> np.ndarray:
     return out.reshape(height, width, channels)
 
 
-def preprocess(source: str | Path | bytes, size: int) -> np.ndarray:
+def preprocess(source: str | Path | bytes, size: int, hand_crop: bool = False) -> np.ndarray:
     """Full path from a file to one model input."""
-    return to_model_input(enhance(read_radiograph(source).pixels), size)
+    return to_model_input(enhance(read_radiograph(source).pixels, hand_crop), size)

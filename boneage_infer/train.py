@@ -142,11 +142,19 @@ def augment(enhanced: np.ndarray, rng: np.random.Generator, size: int, strength:
 
 
 def _dataset(
-    canonical, male, targets, size: int, batch_size: int, seed: int, strength: float, acquisition: float
+    canonical,
+    male,
+    targets,
+    size: int,
+    batch_size: int,
+    seed: int,
+    strength: float,
+    acquisition: float,
+    hand_crop: bool = False,
 ):
     """Batches of augmented training inputs: an acquisition variant for a fraction
-    ``acquisition`` of them, CLAHE, then geometry and grey levels (``augment``), all in
-    OpenCV (a third of the cost of Keras' image layers)."""
+    ``acquisition`` of them, the crop to the hand if ``hand_crop``, CLAHE, then geometry and
+    grey levels (``augment``), all in OpenCV (a third of the cost of Keras' image layers)."""
     import tensorflow as tf
 
     rng = np.random.default_rng(seed)
@@ -154,7 +162,7 @@ def _dataset(
     def one_input(pixels: np.ndarray) -> np.ndarray:
         if rng.random() < acquisition:
             pixels = acquisition_variant(pixels, rng)
-        return augment(preprocessing.clahe(pixels), rng, size, strength)
+        return augment(preprocessing.enhance(pixels, hand_crop), rng, size, strength)
 
     def transform(image, inputs_sex, target):
         image = tf.numpy_function(one_input, [image], tf.float32, stateful=True)
@@ -330,6 +338,7 @@ def train(
     grow_into: str | None = None,
     restack_scale: float | None = None,
     age_group_head: bool = False,
+    hand_crop: bool = False,
     augment_strength: float = 1.0,
     acquisition: float = 1.0,
     precision: str = "auto",
@@ -346,7 +355,9 @@ def train(
     ``restack_scale`` copies the resumed model's first middle-flow blocks onto the others
     (``model.restack``);
     ``augment_strength`` scales the geometry and grey-level ranges, e.g. 0.5 for the last
-    epochs; ``acquisition`` is the fraction of images given another acquisition's look.
+    epochs; ``acquisition`` is the fraction of images given another acquisition's look;
+    ``hand_crop`` trains (and so serves) the model on radiographs cropped to the hand (a model
+    resumed from one trained so keeps it).
     ``continuing`` picks the run in ``out`` up where it stopped (``continue_run``)."""
     import keras
 
@@ -374,9 +385,6 @@ def train(
         val_cases = val_cases.subset(np.arange(len(val_cases)) < max(limit // 4, 8))
     cache = out.parent / "cache" if limit is None else None
     train_images = data.canonical_images(train_cases, cache)
-    val_images = data.enhanced_images(val_cases, cache)
-    bn_index = np.random.default_rng(seed).permutation(len(train_cases))[:BN_IMAGES]
-    bn_images = np.stack([preprocessing.clahe(image) for image in train_images[bn_index]])
 
     progress = {"epoch": 0, "step": 0, "elapsed_min": 0.0, "continuations": 0}
     if continuing:
@@ -392,7 +400,12 @@ def train(
             target_mean_months=float(train_cases.bone_age_months.mean()),
             target_std_months=float(train_cases.bone_age_months.std()),
         )
-    config = replace(config, input_size=plan[-1][0], test_zooms=(1.0,))  # `calibrate --zooms` sets the views
+    config = replace(  # `calibrate --zooms` sets the views
+        config, input_size=plan[-1][0], test_zooms=(1.0,), hand_crop=config.hand_crop or hand_crop
+    )
+    val_images = data.enhanced_images(val_cases, cache, config.hand_crop)
+    bn_index = np.random.default_rng(seed).permutation(len(train_cases))[:BN_IMAGES]
+    bn_images = np.stack([preprocessing.enhance(image, config.hand_crop) for image in train_images[bn_index]])
     model = build_model(config)
     if continuing:
         model.load_weights(checkpoint / WEIGHTS_FILE)
@@ -532,6 +545,7 @@ def train(
                 seed + stage_start + 1000 * progress["continuations"],  # a fresh shuffle on each continuation
                 augment_strength,
                 acquisition,
+                config.hand_crop,
             )
             if progress["step"] and first == progress["epoch"]:  # finish the interrupted epoch
                 model.fit(

@@ -57,6 +57,24 @@ def test_zoom_magnifies_the_model_input_about_its_centre(radiograph):
     assert np.allclose(farther[:30, 150, 0], farther[30, 150, 0], atol=0.02)
 
 
+def test_hand_crop_takes_the_reading_area_whatever_the_field_of_view(radiographs):
+    """The same hand radiographed with a wider field (collimation, a larger plate) fills less
+    of the frame; cropped to the hand, it reaches the model nearly as before."""
+    from boneage_infer.train import reframe
+
+    for path in radiographs:
+        pixels = pp.canonical(pp.read_radiograph(path).pixels)
+        wider = reframe(pixels, 0.7)
+        x, y, width, height = pp.hand_box(pixels)
+        assert 0.2 * pixels.size < width * height and pp.hand_box(wider)[2] < width  # the hand, smaller
+        plain = np.abs(pixels.astype(float) - wider).mean()
+        cropped = np.abs(pp.crop_to_hand(pixels).astype(float) - pp.crop_to_hand(wider)).mean()
+        assert cropped < 0.4 * plain
+    blank = np.zeros((299, 299), np.uint8)
+    assert pp.hand_box(blank) is None and pp.crop_to_hand(blank) is blank
+    assert pp.enhance(pixels, hand_crop=True).shape == pp.enhance(pixels).shape
+
+
 def test_training_copy_passes_through_at_canonical_size(radiograph):
     pixels = pp.read_radiograph(radiograph).pixels
     assert pixels.shape == (pp.CANONICAL_SIZE, pp.CANONICAL_SIZE) and pixels.dtype == np.uint8

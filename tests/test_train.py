@@ -17,6 +17,8 @@ from boneage_infer.weights import BUNDLED_WEIGHTS
 
 
 def test_short_training_run_learns_and_checkpoints_reload(tmp_path):
+    """On radiographs cropped to the hand (``--hand-crop``): the checkpoint is served so too."""
+    from boneage_infer.preprocessing import enhance, read_radiograph
     from boneage_infer.train import predict_months, train
 
     out = tmp_path / "run"
@@ -28,6 +30,7 @@ def test_short_training_run_learns_and_checkpoints_reload(tmp_path):
         batch_size=8,
         learning_rate=1e-3,
         limit=64,
+        hand_crop=True,
         precision="float32",
         verbose=0,
     )
@@ -51,8 +54,13 @@ def test_short_training_run_learns_and_checkpoints_reload(tmp_path):
     val = data.load_split(DATA, "val")
     val = val.subset(np.arange(len(val)) < best["n"])  # the run validates on val[:limit // 4]
     reloaded = BoneAgePredictor(out / "best")
-    months = predict_months(reloaded.model, reloaded.config, data.enhanced_images(val), val.male)
+    assert reloaded.config.hand_crop
+    images = data.enhanced_images(val, hand_crop=True)
+    months = predict_months(reloaded.model, reloaded.config, images, val.male)
     assert np.mean(np.abs(months - val.bone_age_months)) == pytest.approx(best["mae"], abs=1e-3)
+    prepared = reloaded.prepare(val.paths[0])
+    np.testing.assert_array_equal(prepared.enhanced, images[0])
+    assert np.abs(prepared.enhanced.astype(float) - enhance(read_radiograph(val.paths[0]).pixels)).mean() > 2
 
 
 def test_a_killed_run_continues_where_it_stopped_with_or_without_its_optimizer_state(tmp_path):
