@@ -127,7 +127,8 @@ def build_app(predictor: BoneAgePredictor, examples: list[ExampleCase]) -> gr.Bl
     ) as demo:
         gr.Markdown(
             "# Bone age from a hand radiograph\n"
-            "Upload a left-hand radiograph (PNG, JPEG or DICOM), choose the sex and enter the "
+            "Upload a left-hand radiograph (PNG, JPEG or DICOM) as acquired, neither cropped tight "
+            "around the hand nor padded, choose the sex and enter the "
             "chronological age. The reading compares bone age with age against the Greulich & Pyle "
             f"standard deviations. *{report.DISCLAIMER}*"
         )

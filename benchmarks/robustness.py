@@ -6,9 +6,10 @@ Each val radiograph is read as stored and after one fixed degradation at a time,
 to the decoded 8-bit image: Gaussian noise (sigma in grey levels), JPEG re-compression,
 Gaussian blur, a gamma curve, a wider field of view (the hand shrunk to 80 % or 65 % of
 the frame, as on a larger film) and a tighter one (the centre 90 %). Prints one JSON
-line: per degradation, val MAE and the mean, 90th percentile and maximum absolute shift
-(months) from the clean reading. Images the quality gate rejects (clean or degraded) are
-left out of that degradation's figures.
+line: per degradation, val MAE, the mean, 90th percentile and maximum absolute shift
+(months) from the clean reading, and the mean signed shift (positive: reads older).
+Images the quality gate rejects (clean or degraded) are left out of that degradation's
+figures.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ def main() -> None:
             "n": len(read),
             "mae": round(float(np.mean(np.abs(read - truth))), 2),
             "shift_mean": round(float(shift.mean()), 2),
+            "shift_signed_mean": round(float(np.mean(read - clean)), 2),  # > 0: reads older
             "shift_p90": round(float(np.percentile(shift, 90)), 2),
             "shift_max": round(float(shift.max()), 1),
             "grain_warnings": grainy[name],
