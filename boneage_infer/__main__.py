@@ -219,7 +219,9 @@ def _train(args: argparse.Namespace) -> int:
             return 0
         if not (args.data and args.out):
             raise ValueError("give --data and --out for a new run, or --continue RUN for an interrupted one")
-        check_options(args.model, args.grow, args.resume, args.augment, args.acquisition, args.restack)
+        check_options(
+            args.model, args.grow, args.resume, args.augment, args.acquisition, args.restack, args.age_bins
+        )
     except ValueError as exc:
         _print_error("train", exc)
         return 2
@@ -232,6 +234,7 @@ def _train(args: argparse.Namespace) -> int:
         grow_into=args.grow,
         restack_scale=args.restack,
         age_group_head=args.age_group_head,
+        age_bins=args.age_bins,
         hand_crop=args.hand_crop,
         augment_strength=args.augment,
         acquisition=args.acquisition,
@@ -307,6 +310,14 @@ def main(argv: list[str] | None = None) -> int:
         "their residual scaled by SCALE (revives blocks that never grew)",
     )
     p.add_argument("--age-group-head", action="store_true", help="add the 5-group head (5*MAE + CE)")
+    p.add_argument(
+        "--age-bins",
+        type=int,
+        default=0,
+        metavar="N",
+        help="add a label-distribution head over N bins of 0-240 months (Gaussian soft labels, + CE), "
+        "trained beside the bone-age output; e.g. 40",
+    )
     p.add_argument(
         "--hand-crop",
         action="store_true",

@@ -21,6 +21,7 @@ import numpy as np
 from keras import layers
 
 AGE_GROUP_EDGES_MONTHS = (24, 72, 120, 168)  # 5 bone-age groups for the optional head
+AGE_BINS_MAX_MONTHS = 240.0  # the optional label-distribution head's bins span 0-240 months
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class ModelConfig:
     # Trained on radiographs cropped to a square around the hand (``preprocessing.crop_to_hand``),
     # so served the same way.
     hand_crop: bool = False
+    # Bins of the label-distribution head (0: none), an auxiliary training output.
+    age_bins: int = 0
 
     def __post_init__(self):
         zooms = tuple(float(z) for z in self.test_zooms)
@@ -133,7 +136,9 @@ def build_model(config: ModelConfig) -> keras.Model:
     """Build the multi-input network (inputs ``image`` and ``sex``; 1 = male).
 
     Output ``bone_age_z`` is the standardised bone age; months = mean + std * z.
-    With ``age_group_head`` a second output ``age_group`` gives 5-class probabilities.
+    With ``age_group_head`` a second output ``age_group`` gives 5-class probabilities; with
+    ``age_bins`` an output ``bone_age_bins`` gives the probability of each bin of bone age
+    (``age_bin_centres``).
     """
     image = keras.Input((None, None, config.channels), name="image")
     sex = keras.Input((1,), name="sex")
@@ -147,7 +152,37 @@ def build_model(config: ModelConfig) -> keras.Model:
         outputs["age_group"] = layers.Dense(
             len(AGE_GROUP_EDGES_MONTHS) + 1, activation="softmax", dtype="float32", name="age_group"
         )(x)
+    if config.age_bins:
+        outputs["bone_age_bins"] = layers.Dense(
+            config.age_bins, activation="softmax", dtype="float32", name="bone_age_bins"
+        )(x)
     return keras.Model({"image": image, "sex": sex}, outputs, name=config.name)
+
+
+def age_bin_centres(bins: int) -> np.ndarray:
+    """Bone age (months) at the centre of each of ``bins`` equal bins over 0-240 months."""
+    return (np.arange(bins) + 0.5) * AGE_BINS_MAX_MONTHS / bins
+
+
+def _copy_layers(source: keras.Model, target: keras.Model) -> list:
+    """Copy every layer of ``source`` into the layer of that name in ``target``; return the
+    target layers that ``source`` has no counterpart for."""
+    known = {layer.name: layer for layer in source.layers}
+    new = []
+    for layer in target.layers:
+        if layer.name in known:
+            layer.set_weights(known[layer.name].get_weights())
+        else:
+            new.append(layer)
+    return new
+
+
+def add_heads(source: keras.Model, config: ModelConfig) -> keras.Model:
+    """Build ``config`` (``source``'s network with more output heads) from ``source``: every
+    layer copied, the new heads' layers left at their random start."""
+    target = build_model(config)
+    _copy_layers(source, target)
+    return target
 
 
 def deepen(source: keras.Model, config: ModelConfig) -> keras.Model:
@@ -159,11 +194,8 @@ def deepen(source: keras.Model, config: ModelConfig) -> keras.Model:
     Net2DeeperNet).
     """
     target = build_model(config)
-    known = {layer.name: layer for layer in source.layers}
-    for layer in target.layers:
-        if layer.name in known:
-            layer.set_weights(known[layer.name].get_weights())
-        elif layer.name.startswith("middle") and layer.name.endswith("_c_bn"):
+    for layer in _copy_layers(source, target):
+        if layer.name.startswith("middle") and layer.name.endswith("_c_bn"):
             layer.gamma.assign(keras.ops.zeros_like(layer.gamma))
     return target
 

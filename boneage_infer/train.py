@@ -30,7 +30,16 @@ import cv2
 import numpy as np
 
 from . import data, metrics, preprocessing
-from .model import AGE_GROUP_EDGES_MONTHS, MODELS, ModelConfig, build_model, grow, restack
+from .model import (
+    AGE_GROUP_EDGES_MONTHS,
+    MODELS,
+    ModelConfig,
+    add_heads,
+    age_bin_centres,
+    build_model,
+    grow,
+    restack,
+)
 from .weights import CONFIG_FILE, WEIGHTS_FILE, save_network, save_weights
 
 RUN_FILE = "run.json"  # the run's options, read back by ``continue_run``
@@ -38,6 +47,7 @@ STATE_DIR = "state"  # weights, optimizer and progress, to continue a run
 OPTIMIZER_FILE = "optimizer.npz"
 PROGRESS_FILE = "progress.json"
 REWARM_STEPS = 100  # warm-up when a run continues without its optimizer state
+AGE_BIN_SIGMA_MONTHS = 6.0  # about a radiologist's reading error against the atlas
 BN_IMAGES = 1024  # clean train radiographs for the BatchNorm statistics after each epoch
 PRECISIONS = ("auto", "bfloat16", "float32")
 NATIVE_BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}
@@ -77,6 +87,16 @@ def parse_stages(text: str) -> list[tuple[int, int]]:
 
 def age_group(months: np.ndarray) -> np.ndarray:
     return np.digitize(months, AGE_GROUP_EDGES_MONTHS)
+
+
+def age_distribution(months: np.ndarray, bins: int) -> np.ndarray:
+    """Soft targets of the label-distribution head: a Gaussian of width
+    ``AGE_BIN_SIGMA_MONTHS`` about each bone age, over the bins (deep label distribution
+    learning, Gao et al., IEEE TIP 2017), so that a near miss costs less than a far one."""
+    centres = age_bin_centres(bins)
+    distance = (centres[None, :] - np.asarray(months, float)[:, None]) / AGE_BIN_SIGMA_MONTHS
+    weights = np.exp(-0.5 * distance**2)
+    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def reframe(pixels: np.ndarray, scale: float) -> np.ndarray:
@@ -181,10 +201,11 @@ def _dataset(
 
 def predict_outputs(
     model, config: ModelConfig, enhanced: np.ndarray, male: np.ndarray, batch_size: int = 32
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Bone age (months) and age-group probabilities (None without that head) for
-    already-enhanced images, through the inference input path, in one pass."""
-    months, groups = [], []
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Bone age (months), age-group probabilities and the label-distribution head's
+    expected bone age in months (each None without its head) for already-enhanced images,
+    through the inference input path, in one pass."""
+    months, groups, expected = [], [], []
     for start in range(0, len(enhanced), batch_size):
         chunk = enhanced[start : start + batch_size]
         images = np.stack([preprocessing.to_model_input(e, config.input_size) for e in chunk])
@@ -194,7 +215,13 @@ def predict_outputs(
         months.append(config.target_mean_months + config.target_std_months * z)
         if "age_group" in out:
             groups.append(np.asarray(out["age_group"], dtype=np.float32))
-    return np.concatenate(months), (np.concatenate(groups) if groups else None)
+        if "bone_age_bins" in out:
+            expected.append(np.asarray(out["bone_age_bins"], np.float64) @ age_bin_centres(config.age_bins))
+    return (
+        np.concatenate(months),
+        np.concatenate(groups) if groups else None,
+        np.concatenate(expected) if expected else None,
+    )
 
 
 def predict_months(model, config: ModelConfig, enhanced: np.ndarray, male: np.ndarray) -> np.ndarray:
@@ -250,9 +277,10 @@ def check_options(
     augment_strength: float = 1.0,
     acquisition: float = 1.0,
     restack_scale: float | None = None,
+    age_bins: int = 0,
 ) -> None:
     """Raise ValueError, before any work, for an unknown model, a --grow or --restack without
-    --resume, or a scale outside 0 to 1."""
+    --resume, a scale outside 0 to 1, or fewer than 2 bins of bone age."""
     for name in filter(None, (model_name, grow_into)):
         if name not in MODELS:
             raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
@@ -265,6 +293,8 @@ def check_options(
     for option, value in (("--augment", augment_strength), ("--acquisition", acquisition)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{option} must be between 0 and 1, got {value}")
+    if age_bins and not 2 <= age_bins <= 240:
+        raise ValueError(f"--age-bins must be between 2 and 240 (0: no such head), got {age_bins}")
 
 
 def _schedule(learning_rate: float, steps_per_epoch: int, total_steps: int, rewarm_from: int | None = None):
@@ -338,6 +368,7 @@ def train(
     grow_into: str | None = None,
     restack_scale: float | None = None,
     age_group_head: bool = False,
+    age_bins: int = 0,
     hand_crop: bool = False,
     augment_strength: float = 1.0,
     acquisition: float = 1.0,
@@ -358,10 +389,12 @@ def train(
     epochs; ``acquisition`` is the fraction of images given another acquisition's look;
     ``hand_crop`` trains (and so serves) the model on radiographs cropped to the hand (a model
     resumed from one trained so keeps it).
+    ``age_group_head`` and ``age_bins`` add those heads, to a resumed model too (they start
+    at random, the rest as resumed).
     ``continuing`` picks the run in ``out`` up where it stopped (``continue_run``)."""
     import keras
 
-    check_options(model_name, grow_into, resume, augment_strength, acquisition, restack_scale)
+    check_options(model_name, grow_into, resume, augment_strength, acquisition, restack_scale, age_bins)
     options = {k: v for k, v in locals().items() if k not in ("keras", "out", "continuing", "verbose")}
     keras.utils.set_random_seed(seed)
     precision = resolve_precision(precision)
@@ -423,15 +456,24 @@ def train(
         model, config = grow(model, config, grown), grown
     if restack_scale is not None and not continuing:
         model = restack(model, config, restack_scale)
+    heads = replace(
+        config, age_group_head=config.age_group_head or age_group_head, age_bins=config.age_bins or age_bins
+    )
+    if heads != config and not continuing:
+        model, config = add_heads(model, heads), heads
 
     z = (train_cases.bone_age_months - config.target_mean_months) / config.target_std_months
     targets = {"bone_age_z": z.astype(np.float32)[:, None]}
     losses = {"bone_age_z": "mae"}
-    loss_weights = {"bone_age_z": 1.0}
+    loss_weights = {"bone_age_z": 5.0 if config.age_group_head or config.age_bins else 1.0}
     if config.age_group_head:
         targets["age_group"] = age_group(train_cases.bone_age_months)
         losses["age_group"] = "sparse_categorical_crossentropy"
-        loss_weights = {"bone_age_z": 5.0, "age_group": 1.0}
+        loss_weights["age_group"] = 1.0
+    if config.age_bins:
+        targets["bone_age_bins"] = age_distribution(train_cases.bone_age_months, config.age_bins)
+        losses["bone_age_bins"] = "categorical_crossentropy"
+        loss_weights["bone_age_bins"] = 1.0
 
     steps_per_epoch = len(train_cases) // batch_size
     total_steps = steps_per_epoch * sum(e for _, e in plan)
@@ -491,7 +533,7 @@ def train(
             logs = logs or {}
             serving = replace(config, input_size=self.size)
             recompute_batchnorm(self.model, bn_images, train_cases.male[bn_index], self.size)
-            predicted, probs = predict_outputs(self.model, serving, val_images, val_cases.male)
+            predicted, probs, expected = predict_outputs(self.model, serving, val_images, val_cases.male)
             result = metrics.regression_metrics(predicted, val_cases.bone_age_months, val_cases.male)
             row = {
                 "epoch": epoch + 1,
@@ -511,6 +553,11 @@ def train(
                 row["val_group_accuracy"] = float(np.mean(groups == truth))
                 row["val_group_kappa"] = metrics.quadratic_weighted_kappa(
                     groups, truth, len(AGE_GROUP_EDGES_MONTHS) + 1
+                )
+            if expected is not None:  # the label-distribution head's reading, and its mean with the other
+                row["val_bins_mae_months"] = float(np.mean(np.abs(expected - val_cases.bone_age_months)))
+                row["val_mean_of_both_mae_months"] = float(
+                    np.mean(np.abs((expected + predicted) / 2 - val_cases.bone_age_months))
                 )
             log_rows.append(row)
             with open(out / "log.csv", "w", newline="") as handle:

@@ -10,7 +10,17 @@ import pytest
 from conftest import DATA
 
 from boneage_infer import data, preprocessing
-from boneage_infer.model import MODELS, ModelConfig, build_model, deepen, grow, restack, xception_backbone
+from boneage_infer.model import (
+    MODELS,
+    ModelConfig,
+    add_heads,
+    age_bin_centres,
+    build_model,
+    deepen,
+    grow,
+    restack,
+    xception_backbone,
+)
 
 
 def _backbone(config: ModelConfig, size: int) -> keras.Model:
@@ -87,6 +97,19 @@ def test_deepening_keeps_the_reading_and_adds_trainable_blocks():
     # the new blocks add nothing yet but can learn: gamma 0 at the end, ordinary weights inside
     assert np.all(deeper.get_layer("middle2_c_bn").gamma.numpy() == 0)
     assert np.any(deeper.get_layer("middle2_a_sepconv").get_weights()[0] != 0)
+
+
+def test_added_heads_leave_the_bone_age_reading_and_give_a_distribution_over_bins():
+    config = MODELS["xception-tiny"]
+    source = _trained_looking(config)
+    wider = add_heads(source, replace(config, age_group_head=True, age_bins=40))
+    inputs = _val_inputs()
+    out = wider.predict(inputs, verbose=0)
+    before = source.predict(inputs, verbose=0)["bone_age_z"]
+    np.testing.assert_allclose(out["bone_age_z"], before, atol=1e-6)
+    assert out["bone_age_bins"].shape == (3, 40) and out["age_group"].shape == (3, 5)
+    np.testing.assert_allclose(out["bone_age_bins"].sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(age_bin_centres(40)[[0, -1]], [3.0, 237.0])
 
 
 def test_restacking_copies_the_first_blocks_onto_the_idle_ones():

@@ -17,7 +17,8 @@ from boneage_infer.weights import BUNDLED_WEIGHTS
 
 
 def test_short_training_run_learns_and_checkpoints_reload(tmp_path):
-    """On radiographs cropped to the hand (``--hand-crop``): the checkpoint is served so too."""
+    """On radiographs cropped to the hand (``--hand-crop``): the checkpoint is served so too.
+    With a label-distribution head (``--age-bins``), whose reading the log reports as well."""
     from boneage_infer.preprocessing import enhance, read_radiograph
     from boneage_infer.train import predict_months, train
 
@@ -31,11 +32,13 @@ def test_short_training_run_learns_and_checkpoints_reload(tmp_path):
         learning_rate=1e-3,
         limit=64,
         hand_crop=True,
+        age_bins=12,
         precision="float32",
         verbose=0,
     )
     log = list(csv.DictReader(open(out / "log.csv")))
     assert len(log) == 6
+    assert all(0 < float(row["val_bins_mae_months"]) < 120 for row in log)
     # 48 steps: single epochs are noisy (augmentation, 8 batches), so compare the last two
     # epochs' mean loss with the first epoch's (margin ~0.12-0.16 over seeds 1-3 here)
     losses = [float(row["train_loss"]) for row in log]
@@ -54,13 +57,23 @@ def test_short_training_run_learns_and_checkpoints_reload(tmp_path):
     val = data.load_split(DATA, "val")
     val = val.subset(np.arange(len(val)) < best["n"])  # the run validates on val[:limit // 4]
     reloaded = BoneAgePredictor(out / "best")
-    assert reloaded.config.hand_crop
+    assert reloaded.config.hand_crop and reloaded.config.age_bins == 12
     images = data.enhanced_images(val, hand_crop=True)
     months = predict_months(reloaded.model, reloaded.config, images, val.male)
     assert np.mean(np.abs(months - val.bone_age_months)) == pytest.approx(best["mae"], abs=1e-3)
     prepared = reloaded.prepare(val.paths[0])
     np.testing.assert_array_equal(prepared.enhanced, images[0])
     assert np.abs(prepared.enhanced.astype(float) - enhance(read_radiograph(val.paths[0]).pixels)).mean() > 2
+
+
+def test_soft_age_targets_peak_at_the_bone_age_and_sum_to_one():
+    from boneage_infer.model import age_bin_centres
+    from boneage_infer.train import age_distribution
+
+    targets = age_distribution(np.array([3.0, 100.0, 237.0]), 40)
+    np.testing.assert_allclose(targets.sum(axis=1), 1.0, atol=1e-6)
+    assert list(targets.argmax(axis=1)) == [0, 16, 39]
+    assert targets[1] @ age_bin_centres(40) == pytest.approx(100.0, abs=0.5)  # symmetric away from the ends
 
 
 def test_a_killed_run_continues_where_it_stopped_with_or_without_its_optimizer_state(tmp_path):
