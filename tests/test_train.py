@@ -172,7 +172,7 @@ def test_calibrate_sets_the_views_and_writes_a_gate_and_interval_that_load(tmp_p
     assert predictor._interval(float(months[0]))[1] > months[0]
 
 
-def test_train_refuses_an_unknown_model_growing_without_resume_a_bad_scale_or_precision(tmp_path, capsys):
+def test_train_refuses_an_unknown_model_growing_without_resume_bad_scale_bins_or_precision(tmp_path, capsys):
     from boneage_infer.__main__ import main
 
     out = tmp_path / "run"
@@ -184,6 +184,7 @@ def test_train_refuses_an_unknown_model_growing_without_resume_a_bad_scale_or_pr
         (["--resume", "weights", "--restack", "0"], "--restack must be above 0 and at most 1, got 0.0"),
         (["--augment", "1.5"], "--augment must be between 0 and 1, got 1.5"),
         (["--acquisition", "-0.1"], "--acquisition must be between 0 and 1, got -0.1"),
+        (["--age-bins", "1"], "--age-bins must be between 2 and 240 (0: no such head), got 1"),
         (["--precision", "half"], "precision must be one of auto, bfloat16, float32, not 'half'"),
     ):
         assert main(["train", "--data", str(DATA), "--out", str(out), *extra]) == 2
