@@ -280,7 +280,7 @@ def check_options(
     age_bins: int = 0,
 ) -> None:
     """Raise ValueError, before any work, for an unknown model, a --grow or --restack without
-    --resume, a scale outside 0 to 1, or fewer than 2 bins of bone age."""
+    --resume, a scale outside 0 to 1, or a number of bins of bone age outside 2-240."""
     for name in filter(None, (model_name, grow_into)):
         if name not in MODELS:
             raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
