@@ -220,7 +220,14 @@ def _train(args: argparse.Namespace) -> int:
         if not (args.data and args.out):
             raise ValueError("give --data and --out for a new run, or --continue RUN for an interrupted one")
         check_options(
-            args.model, args.grow, args.resume, args.augment, args.acquisition, args.restack, args.age_bins
+            args.model,
+            args.grow,
+            args.resume,
+            args.augment,
+            args.acquisition,
+            args.restack,
+            args.age_bins,
+            args.dropout,
         )
     except ValueError as exc:
         _print_error("train", exc)
@@ -236,6 +243,7 @@ def _train(args: argparse.Namespace) -> int:
         age_group_head=args.age_group_head,
         age_bins=args.age_bins,
         hand_crop=args.hand_crop,
+        dropout=args.dropout,
         augment_strength=args.augment,
         acquisition=args.acquisition,
         precision=precision,
@@ -322,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
         "--hand-crop",
         action="store_true",
         help="train (and so serve) on radiographs cropped to a square around the hand",
+    )
+    p.add_argument(
+        "--dropout",
+        type=float,
+        help="the head's dropout rate in training (default: the resumed model's, 0.2 for a new one; "
+        "0 turns it off)",
     )
     p.add_argument(
         "--augment", type=float, default=1.0, help="scale of rotation/zoom/shift/brightness/contrast (0 to 1)"

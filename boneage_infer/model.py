@@ -55,8 +55,12 @@ class ModelConfig:
 
     def same_network(self, other: ModelConfig) -> bool:
         """True if ``other`` describes the same network with the same target scale, whatever
-        its input size and test-time views (the network is convolutional up to its pooling)."""
-        return replace(self, input_size=other.input_size, test_zooms=other.test_zooms) == other
+        its input size and test-time views (the network is convolutional up to its pooling)
+        and its dropout rate (training only)."""
+        return (
+            replace(self, input_size=other.input_size, test_zooms=other.test_zooms, dropout=other.dropout)
+            == other
+        )
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")

@@ -278,9 +278,11 @@ def check_options(
     acquisition: float = 1.0,
     restack_scale: float | None = None,
     age_bins: int = 0,
+    dropout: float | None = None,
 ) -> None:
     """Raise ValueError, before any work, for an unknown model, a --grow or --restack without
-    --resume, a scale outside 0 to 1, or a number of bins of bone age outside 2-240."""
+    --resume, a scale outside 0 to 1, a number of bins of bone age outside 2-240, or a
+    dropout rate outside 0 to 0.9."""
     for name in filter(None, (model_name, grow_into)):
         if name not in MODELS:
             raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
@@ -295,6 +297,8 @@ def check_options(
             raise ValueError(f"{option} must be between 0 and 1, got {value}")
     if age_bins and not 2 <= age_bins <= 240:
         raise ValueError(f"--age-bins must be between 2 and 240 (0: no such head), got {age_bins}")
+    if dropout is not None and not 0.0 <= dropout <= 0.9:
+        raise ValueError(f"--dropout must be between 0 and 0.9, got {dropout}")
 
 
 def _schedule(learning_rate: float, steps_per_epoch: int, total_steps: int, rewarm_from: int | None = None):
@@ -370,6 +374,7 @@ def train(
     age_group_head: bool = False,
     age_bins: int = 0,
     hand_crop: bool = False,
+    dropout: float | None = None,
     augment_strength: float = 1.0,
     acquisition: float = 1.0,
     precision: str = "auto",
@@ -389,12 +394,17 @@ def train(
     epochs; ``acquisition`` is the fraction of images given another acquisition's look;
     ``hand_crop`` trains (and so serves) the model on radiographs cropped to the hand (a model
     resumed from one trained so keeps it).
+    ``dropout`` sets the head's dropout rate (default: the model's, 0.2 for a new one); it
+    only acts in training, where at 0.2 it alone raises the error on clean train radiographs
+    from 5.5 to 7.4 months (the shipped model, 512 radiographs).
     ``age_group_head`` and ``age_bins`` add those heads, to a resumed model too (they start
     at random, the rest as resumed).
     ``continuing`` picks the run in ``out`` up where it stopped (``continue_run``)."""
     import keras
 
-    check_options(model_name, grow_into, resume, augment_strength, acquisition, restack_scale, age_bins)
+    check_options(
+        model_name, grow_into, resume, augment_strength, acquisition, restack_scale, age_bins, dropout
+    )
     options = {k: v for k, v in locals().items() if k not in ("keras", "out", "continuing", "verbose")}
     keras.utils.set_random_seed(seed)
     precision = resolve_precision(precision)
@@ -434,7 +444,11 @@ def train(
             target_std_months=float(train_cases.bone_age_months.std()),
         )
     config = replace(  # `calibrate --zooms` sets the views
-        config, input_size=plan[-1][0], test_zooms=(1.0,), hand_crop=config.hand_crop or hand_crop
+        config,
+        input_size=plan[-1][0],
+        test_zooms=(1.0,),
+        hand_crop=config.hand_crop or hand_crop,
+        dropout=config.dropout if dropout is None else dropout,
     )
     val_images = data.enhanced_images(val_cases, cache, config.hand_crop)
     bn_index = np.random.default_rng(seed).permutation(len(train_cases))[:BN_IMAGES]

@@ -91,6 +91,7 @@ def test_a_killed_run_continues_where_it_stopped_with_or_without_its_optimizer_s
     run = tmp_path / "run"
     args = ["--data", str(DATA), "--out", str(run), "--model", "xception-tiny", "--stages", "96:2,112:1"]
     args += ["--batch-size", "8", "--limit", "64", "--precision", "float32", "--checkpoint-minutes", "0"]
+    args += ["--dropout", "0"]  # an option the continued run must keep
     process = subprocess.Popen([sys.executable, "-m", "boneage_infer", "train", *args], cwd=ROOT)
     progress, deadline = {}, time.time() + 240
     while not (progress.get("epoch", 0) >= 1 and progress.get("step", 0) >= 1):  # within epoch 2
@@ -119,7 +120,8 @@ def test_a_killed_run_continues_where_it_stopped_with_or_without_its_optimizer_s
         assert int(np.load(folder / "state" / "optimizer.npz")["0"]) == 24
         assert json.loads((folder / "state" / "progress.json").read_text())["continuations"] == 1
         assert best["mae"] == min(float(r["val_mae_months"]) for r in log)
-        assert BoneAgePredictor(folder / "last").config.input_size == 112
+        continued = BoneAgePredictor(folder / "last").config
+        assert continued.input_size == 112 and continued.dropout == 0.0
     finished = json.loads((run / "best" / "val_metrics.json").read_text())
     assert continue_run(run, verbose=0) == finished  # a finished run has nothing left to do
     assert len(list(csv.DictReader(open(run / "log.csv")))) == 3
@@ -185,6 +187,7 @@ def test_train_refuses_an_unknown_model_growing_without_resume_bad_scale_bins_or
         (["--augment", "1.5"], "--augment must be between 0 and 1, got 1.5"),
         (["--acquisition", "-0.1"], "--acquisition must be between 0 and 1, got -0.1"),
         (["--age-bins", "1"], "--age-bins must be between 2 and 240 (0: no such head), got 1"),
+        (["--dropout", "1.5"], "--dropout must be between 0 and 0.9, got 1.5"),
         (["--precision", "half"], "precision must be one of auto, bfloat16, float32, not 'half'"),
     ):
         assert main(["train", "--data", str(DATA), "--out", str(out), *extra]) == 2

@@ -149,9 +149,9 @@ def test_average_writes_the_mean_of_checkpoints_of_one_model(tmp_path, capsys):
     for mean, a, b in zip(soup.get_weights(), first, second):
         np.testing.assert_allclose(mean, (a + b) / 2, rtol=1e-6)
 
-    # a checkpoint of the same network trained at another input size (and read through other
-    # views) averages; the soup keeps the first folder's input size and views
-    larger = replace(config, input_size=config.input_size + 32, test_zooms=(1.0, 1.1))
+    # a checkpoint of the same network trained at another input size and dropout rate (and
+    # read through other views) averages; the soup keeps the first folder's settings
+    larger = replace(config, input_size=config.input_size + 32, test_zooms=(1.0, 1.1), dropout=0.0)
     save_weights(load_model(folders[1])[0], larger, tmp_path / "larger", "larger")
     assert main(["average", str(folders[0]), str(tmp_path / "larger"), "--out", str(tmp_path / "mixed")]) == 0
     mixed, mixed_config, _ = load_model(tmp_path / "mixed")
