@@ -74,7 +74,7 @@ def make_predict(predictor: BoneAgePredictor):
             report.growth_chart(reading),
             str(pdf),
             details,
-            f"Model {reading.model_version} on {reading.device}. {report.DISCLAIMER}",
+            _model_text(details),
         )
 
     return predict
@@ -96,6 +96,13 @@ def _texts(details: dict) -> tuple[str, str, str, str]:
         z_score = details["z_score"]
         z = f"{z_score:+.2f} SD: {details['call']}" if z_score is not None else details["call"]
     return bone_age, gap, z, details["stage"]
+
+
+def _model_text(details: dict) -> str:
+    """Which weights and device made the reading, and how the bone age was made."""
+    parts = report.how_read(details)
+    made = f" Bone age: the {parts}." if parts else ""
+    return f"Model {details['model_version']} on {details['device']}.{made} {report.DISCLAIMER}"
 
 
 def cleared_outputs() -> tuple:

@@ -116,10 +116,15 @@ def _write_heatmap(predictor, file: Path, sex: str, folder: Path) -> Path:
 
 
 def _describe(row: dict) -> str:
+    from .report import how_read
+
     text = f"{row['file']}: bone age {row['bone_age_months']:.1f} months ({row['bone_age_text']})"
     if row.get("interval_90"):
         text += f", 90% interval {row['interval_90'][0]:.1f}-{row['interval_90'][1]:.1f}"
     text += f", {row['stage']}"
+    parts = how_read(row)
+    if parts:
+        text += f"\n  read as the {parts}"
     if row.get("gap_months") is not None:
         text += f"; gap {row['gap_months']:+.1f} months"
         if row.get("z_score") is not None:

@@ -16,6 +16,9 @@
   each gate layer; each limit, and that of
   the largest relative distance, is the 99.9th percentile on ``held_out_n`` other train
   radiographs; the acceptance rate on val is measured and written down.
+* Reference set (reference.py): the last-convolution features of every train radiograph
+  (image and mirror), set before the interval is measured, as the served reading blends in
+  its reference bone age.
 """
 
 from __future__ import annotations
@@ -27,17 +30,20 @@ from pathlib import Path
 import numpy as np
 
 from . import data
+from .explain import LAST_CONV_LAYER
 from .metrics import conformal_bands, half_widths, regression_metrics
 from .model import ModelConfig
 from .predictor import BoneAgePredictor
 from .preprocessing import ImageError
 from .quality import NoveltyModel, age_balanced_weights
+from .reference import ReferenceSet
 from .train import BN_IMAGES, recompute_batchnorm
 from .weights import (
     CALIBRATION_FILE,
     CONFIG_FILE,
     MANIFEST_FILE,
     NOVELTY_FILE,
+    REFERENCE_FILE,
     load_model,
     save_weights,
     write_manifest,
@@ -59,13 +65,36 @@ def _read_cases(predictor: BoneAgePredictor, cases: data.Cases, served: bool, ba
     for start in range(0, len(images), batch_size):
         chunk, chunk_male = np.stack(images[start : start + batch_size]), male[start : start + batch_size]
         if served:
-            chunk_months, chunk_features = predictor.infer(chunk, chunk_male)
-            months.append(chunk_months)
+            estimate = predictor.infer(chunk, chunk_male)
+            months.append(np.stack([estimate.months, estimate.network_months]))
+            chunk_features = estimate.features
         else:
             chunk_features = predictor.features(chunk, chunk_male)
         features.append(chunk_features)
     features = {n: np.concatenate([f[n] for f in features]) for n in features[0]}
-    return (np.concatenate(months) if served else None), features, usable
+    return (np.concatenate(months, axis=1) if served else None), features, usable
+
+
+def _reference_set(predictor: BoneAgePredictor, cases: data.Cases, batch_size: int = 64) -> ReferenceSet:
+    """The reference set of ``cases`` the image checks accept: last-convolution features
+    averaged over each image and its mirror."""
+    features, kept = [], []
+    for start in range(0, len(cases), batch_size):
+        images, rows = [], []
+        for i in range(start, min(start + batch_size, len(cases))):
+            try:
+                images.append(predictor.prepare(cases.paths[i]).model_input)
+                rows.append(i)
+            except ImageError:
+                continue
+        if rows:
+            views = [np.stack(images), np.stack(images)[:, :, ::-1]]
+            pooled = [predictor.features(v, cases.male[rows])[LAST_CONV_LAYER] for v in views]
+            features.append(np.mean(pooled, axis=0))
+            kept += rows
+    return ReferenceSet.build(
+        np.concatenate(features), cases.bone_age_months[kept], cases.male[kept], np.asarray(cases.ids)[kept]
+    )
 
 
 def calibrate(
@@ -83,7 +112,7 @@ def calibrate(
     if zooms is not None:
         config = ModelConfig.load(folder / CONFIG_FILE)
         replace(config, test_zooms=zooms).save(folder / CONFIG_FILE)
-    for name in (CALIBRATION_FILE, NOVELTY_FILE):  # calibrate the bare model
+    for name in (CALIBRATION_FILE, NOVELTY_FILE, REFERENCE_FILE):  # calibrate the bare model
         (folder / name).unlink(missing_ok=True)
     version = json.loads((folder / MANIFEST_FILE).read_text())["version"]
     write_manifest(folder, version)
@@ -107,8 +136,11 @@ def calibrate(
         fit_features, held_features, age_balanced_weights(fit_cases.bone_age_months[fit_usable])
     )
 
+    predictor.reference = _reference_set(predictor, train)
+    predictor.reference.save(folder / REFERENCE_FILE)
+
     val = data.load_split(data_root, "val")
-    months, val_features, usable = _read_cases(predictor, val, served=True)
+    (months, network_months), val_features, usable = _read_cases(predictor, val, served=True)
     errors = np.abs(months - val.bone_age_months[usable])
     bands = conformal_bands(months, errors)
     width = half_widths(bands, months)
@@ -128,7 +160,11 @@ def calibrate(
         "novelty_fit_n": fit_n,
         "novelty_held_out_n": held_out_n,
         "image_checks_val_accepted": float(usable.mean()),
+        "reference_n": len(predictor.reference.ids),
         "val_metrics_tta": regression_metrics(months, val.bone_age_months[usable], val.male[usable]),
+        "val_metrics_network_alone": regression_metrics(
+            network_months, val.bone_age_months[usable], val.male[usable]
+        ),
     }
     (folder / CALIBRATION_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     novelty.save(folder / NOVELTY_FILE)

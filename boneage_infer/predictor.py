@@ -10,6 +10,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -17,7 +18,15 @@ from . import clinical, explain, preprocessing, quality
 from .metrics import half_widths
 from .model import feature_layers
 from .preprocessing import ImageError, Radiograph
-from .weights import CALIBRATION_FILE, NOVELTY_FILE, WeightsError, load_model, resolve_weights
+from .reference import WEIGHT, ReferenceSet
+from .weights import (
+    CALIBRATION_FILE,
+    NOVELTY_FILE,
+    REFERENCE_FILE,
+    WeightsError,
+    load_model,
+    resolve_weights,
+)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -48,6 +57,10 @@ class Reading:
     z_score: float | None = None
     call: str | None = None
     bone_age_by_sex: dict[str, float] | None = None
+    # the two halves of bone_age_months (reference.py): the network's own reading, and the mean
+    # bone age of the 50 training radiographs of that sex it finds most alike (None without them)
+    network_bone_age_months: float | None = None
+    reference_bone_age_months: float | None = None
     quality: dict = field(default_factory=lambda: {"accepted": True, "reason": "not checked"})
     warnings: list[str] = field(default_factory=list)
     model_version: str = ""
@@ -64,6 +77,15 @@ class Reading:
             return value
 
         return tidy(asdict(self))
+
+
+class Estimate(NamedTuple):
+    """Bone ages (months) of a batch as served, and how they were made."""
+
+    months: np.ndarray  # served: the network's reading blended with the reference bone age
+    network_months: np.ndarray  # the network's mean over the test-time views
+    reference_months: np.ndarray | None  # reference.py; None when the weights have no reference set
+    features: dict[str, np.ndarray]  # the quality gate's features of the images as they are
 
 
 @dataclass
@@ -94,9 +116,12 @@ class BoneAgePredictor:
             self.novelty = quality.NoveltyModel.load(gate) if gate.is_file() else None
         except ValueError as exc:  # calibrated by an older version
             raise WeightsError(str(exc)) from None
+        reference = folder / REFERENCE_FILE
+        self.reference = ReferenceSet.load(reference) if reference.is_file() else None
+        self._gate_layers = self.novelty.layers if self.novelty else feature_layers(self.config)
         features = {
             name: keras.layers.GlobalAveragePooling2D()(self.model.get_layer(name).output)
-            for name in (self.novelty.layers if self.novelty else feature_layers(self.config))
+            for name in dict.fromkeys([*self._gate_layers, explain.LAST_CONV_LAYER])
         }
         serving = keras.Model(
             self.model.inputs, {"bone_age_z": self.model.output["bone_age_z"], "features": features}
@@ -125,22 +150,30 @@ class BoneAgePredictor:
         return np.asarray(out["bone_age_z"], np.float64)[:, 0], features
 
     def features(self, images: np.ndarray, male) -> dict[str, np.ndarray]:
-        """The quality gate's features of the images as they are (one row per image)."""
+        """Pooled features of the images as they are (one row per image): the quality gate's
+        layers and the last convolution (the reference set's)."""
         return self._pass(images, male)[1]
 
-    def infer(self, images: np.ndarray, male) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Bone age in months, the mean over the test-time views (each zoom in
-        ``config.test_zooms`` and its mirror), and ``features`` of the images as they are."""
+    def infer(self, images: np.ndarray, male) -> Estimate:
+        """Bone age in months: the network's mean over the test-time views (each zoom in
+        ``config.test_zooms`` and its mirror), blended with the reference bone age of the
+        last-convolution features averaged over the same views; and the gate's features of the
+        images as they are."""
         images = np.asarray(images, np.float32)
-        male = np.concatenate([np.asarray(male).reshape(-1)] * 2)
-        z, features = [], {}
+        male = np.asarray(male).reshape(-1)
+        z, pooled, features = [], [], {}
         for factor in self.config.test_zooms:
             view = np.stack([preprocessing.zoom(image, factor) for image in images])
-            view_z, view_features = self._pass(np.concatenate([view, view[:, :, ::-1]]), male)
+            view_z, view_features = self._pass(np.concatenate([view, view[:, :, ::-1]]), np.tile(male, 2))
             z.append(view_z.reshape(2, -1).mean(0))
+            pooled.append(view_features[explain.LAST_CONV_LAYER].reshape(2, len(images), -1).mean(0))
             if factor == 1.0:
-                features = {name: f[: len(images)] for name, f in view_features.items()}
-        return self.config.target_mean_months + self.config.target_std_months * np.mean(z, axis=0), features
+                features = {name: view_features[name][: len(images)] for name in self._gate_layers}
+        network = self.config.target_mean_months + self.config.target_std_months * np.mean(z, axis=0)
+        if self.reference is None:
+            return Estimate(network, network, None, features)
+        reference = self.reference.bone_age(np.mean(pooled, axis=0), male)
+        return Estimate((1 - WEIGHT) * network + WEIGHT * reference, network, reference, features)
 
     def heatmap(self, image: PreparedImage, sex: str) -> np.ndarray:
         """Grad-CAM heatmap in [0, 1] at the model input size."""
@@ -158,11 +191,14 @@ class BoneAgePredictor:
         half = float(half_widths(bands, months)[0])
         return [max(0.0, months - half), months + half]
 
-    def _reading(self, image: PreparedImage, sex: str, age: float | None, by_sex: dict, file: str | None):
+    def _reading(
+        self, image: PreparedImage, sex: str, age: float | None, by_sex: dict, parts: dict, file: str | None
+    ):
         warnings = list(image.radiograph.notes) + list(image.quality.warnings)
         # Ages to 0.1 month, the precision reported, so that every figure shown adds up.
         by_sex = {k: round(float(np.clip(v, 0.0, 240.0)), 1) for k, v in by_sex.items()}
         months = round(float(np.mean(list(by_sex.values()))), 1)
+        parts = {k: None if v is None else round(float(np.mean(v)), 1) for k, v in parts.items()}
         age = None if age is None else round(age, 1)
         reading = Reading(
             file=file,
@@ -176,6 +212,7 @@ class BoneAgePredictor:
             warnings=warnings,
             model_version=self.model_version,
             device=self.device,
+            **parts,
         )
         if sex == UNKNOWN_SEX:
             reading.bone_age_by_sex = by_sex
@@ -239,19 +276,26 @@ class BoneAgePredictor:
                 images.append(prepared.model_input)
                 males.append(s == "M")
                 owners.append((n, s))
-        months, features = self.infer(np.stack(images), males)
+        estimate = self.infer(np.stack(images), males)
         readings = []
         for n, (_, prepared, sex, age, file) in enumerate(items):
-            by_sex = {s: float(m) for (k, s), m in zip(owners, months) if k == n}
-            first = next(i for i, (k, _) in enumerate(owners) if k == n)
+            rows = [i for i, (k, _) in enumerate(owners) if k == n]
+            by_sex = {owners[i][1]: float(estimate.months[i]) for i in rows}
+            parts = {
+                "network_bone_age_months": estimate.network_months[rows],
+                "reference_bone_age_months": None
+                if estimate.reference_months is None
+                else estimate.reference_months[rows],
+            }
             if self.novelty is not None:
                 verdict = self.novelty.check(
-                    {name: f[first : first + 1] for name, f in features.items()}, prepared.quality.noise_sigma
+                    {name: f[rows[0] : rows[0] + 1] for name, f in estimate.features.items()},
+                    prepared.quality.noise_sigma,
                 )
                 if not verdict.accepted:
                     readings.append(RejectedImage(verdict))
                     continue
-            readings.append(self._reading(prepared, sex, age, by_sex, file))
+            readings.append(self._reading(prepared, sex, age, by_sex, parts, file))
         return readings
 
     def predict(

@@ -73,11 +73,26 @@ def _latin1(text: str) -> str:
     return text.replace("−", "-").replace("–", "-").encode("latin-1", "replace").decode("latin-1")
 
 
+def how_read(details: dict) -> str | None:
+    """How a reading's bone age was made (reference.py), from its ``to_dict()``; None without
+    a reference set."""
+    if details.get("reference_bone_age_months") is None:
+        return None
+    return (
+        f"mean of the network's reading ({details['network_bone_age_months']:.1f} months) and the "
+        f"mean bone age of the 50 training radiographs it finds most alike "
+        f"({details['reference_bone_age_months']:.1f} months)"
+    )
+
+
 def report_lines(reading) -> list[tuple[str, str]]:
     """The figures on the report, as (label, value) rows."""
     rows = [("Bone age", f"{reading.bone_age_months:.1f} months ({reading.bone_age_text})")]
     if reading.interval_90:
         rows.append(("90% interval", f"{reading.interval_90[0]:.1f} - {reading.interval_90[1]:.1f} months"))
+    if reading.reference_bone_age_months is not None:  # the two halves of the bone age
+        rows.append(("  network's reading", f"{reading.network_bone_age_months:.1f} months"))
+        rows.append(("  50 most alike train films", f"{reading.reference_bone_age_months:.1f} months (mean)"))
     rows.append(("Sex", {"F": "female", "M": "male"}.get(reading.sex, "unknown")))
     if reading.chronological_age_months is not None:
         rows.append(

@@ -26,8 +26,9 @@ WEIGHTS_FILE = "model.weights.h5"
 MANIFEST_FILE = "manifest.json"
 CALIBRATION_FILE = "calibration.json"
 NOVELTY_FILE = "novelty.npz"
+REFERENCE_FILE = "reference.npz"
 CHECKED_FILES = (CONFIG_FILE, WEIGHTS_FILE)  # always required
-OPTIONAL_FILES = (CALIBRATION_FILE, NOVELTY_FILE)  # written by `calibrate`; checked when listed
+OPTIONAL_FILES = (CALIBRATION_FILE, NOVELTY_FILE, REFERENCE_FILE)  # by `calibrate`; checked when listed
 
 
 class WeightsError(RuntimeError):

@@ -39,6 +39,7 @@ def test_predict_plain_text_without_age(radiograph):
     result = run_cli("predict", str(radiograph), "--sex", "m")
     assert result.returncode == 0, result.stderr
     assert "bone age" in result.stdout and "months" in result.stdout and "gap" not in result.stdout
+    assert "read as the mean of the network's reading" in result.stdout  # and how it was made
 
 
 def test_predict_folder_and_cases_csv_to_csv(radiographs, val_cases, tmp_path):

@@ -165,11 +165,13 @@ def test_calibrate_sets_the_views_and_writes_a_gate_and_interval_that_load(tmp_p
     assert summary["test_zooms"] == [1.0, 1.1] and summary["val_metrics_tta"]["n"] == 24
     assert json.loads((folder / "config.json").read_text())["test_zooms"] == [1.0, 1.1]
     assert sha256(folder / "model.weights.h5") == before  # no --recompute-bn: the weights are untouched
-    assert set(verify(folder)["files"]) >= {"config.json", "calibration.json", "novelty.npz"}
+    assert set(verify(folder)["files"]) >= {"config.json", "calibration.json", "novelty.npz", "reference.npz"}
     predictor = BoneAgePredictor(folder)
     assert predictor.config.test_zooms == (1.0, 1.1) and predictor.novelty is not None
+    train_ids = set(data.load_split(root, "train").ids)  # the reference set: train only, all of it
+    assert set(predictor.reference.ids) <= train_ids and len(predictor.reference.ids) >= len(train_ids) - 2
     image = predictor.prepare(root / "images" / next((root / "images").iterdir()).name)
-    months, _ = predictor.infer(image.model_input[None], [True])
+    months = predictor.infer(image.model_input[None], [True]).months
     assert np.isfinite(months).all()
     assert predictor._interval(float(months[0]))[1] > months[0]
 

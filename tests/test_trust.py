@@ -80,15 +80,19 @@ def test_quality_gate_and_interval_on_val(predictor):
 
 
 def test_the_reading_is_the_mean_of_its_test_time_views(predictor, radiographs, monkeypatch):
-    """The served bone age averages the image zoomed by each factor in config.json, each view
-    with its mirror; the quality gate looks at the image as it is."""
+    """The network's bone age averages the image zoomed by each factor in config.json, each
+    view with its mirror; the quality gate looks at the image as it is."""
     zooms = predictor.config.test_zooms
     assert len(zooms) == 3  # the shipped folder serves three scales (model card)
     hands = np.stack([predictor.prepare(path).model_input for path in radiographs[:3]])
     male = [True, False, True]
-    served, features = predictor.infer(hands, male)
+    estimate = predictor.infer(hands, male)
+    served, features = estimate.network_months, estimate.features
     monkeypatch.setattr(predictor, "config", replace(predictor.config, test_zooms=(1.0,)))
-    views = [predictor.infer(np.stack([preprocessing.zoom(h, z) for h in hands]), male)[0] for z in zooms]
+    views = [
+        predictor.infer(np.stack([preprocessing.zoom(h, z) for h in hands]), male).network_months
+        for z in zooms
+    ]
     assert np.allclose(served, np.mean(views, axis=0), atol=1e-3)
     assert np.abs(np.subtract(views[1:], views[0])).max() > 0.05  # each view is read, not one of them thrice
     gate_features = predictor.features(hands, male)

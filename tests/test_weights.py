@@ -28,7 +28,8 @@ REPO = "boneage/xception-rsna"
 
 def test_bundled_weights_match_their_manifest():
     manifest = verify(BUNDLED_WEIGHTS)
-    assert set(manifest["files"]) == {"config.json", "model.weights.h5", "calibration.json", "novelty.npz"}
+    files = {"config.json", "model.weights.h5", "calibration.json", "novelty.npz", "reference.npz"}
+    assert set(manifest["files"]) == files
     assert manifest["version"]
 
 
