@@ -117,7 +117,13 @@ class BoneAgePredictor:
         except ValueError as exc:  # calibrated by an older version
             raise WeightsError(str(exc)) from None
         reference = folder / REFERENCE_FILE
-        self.reference = ReferenceSet.load(reference) if reference.is_file() else None
+        try:
+            self.reference = ReferenceSet.load(reference) if reference.is_file() else None
+        except (KeyError, ValueError, OSError) as exc:
+            raise WeightsError(
+                f"{reference} is not a reference set ({exc}): "
+                "rebuild it with `python -m boneage_infer calibrate`."
+            ) from None
         self._gate_layers = self.novelty.layers if self.novelty else feature_layers(self.config)
         features = {
             name: keras.layers.GlobalAveragePooling2D()(self.model.get_layer(name).output)

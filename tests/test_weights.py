@@ -41,7 +41,7 @@ def weights_copy(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["flip-byte", "truncate", "delete", "wrong-file"])
-@pytest.mark.parametrize("name", ["model.weights.h5", "novelty.npz"])
+@pytest.mark.parametrize("name", ["model.weights.h5", "novelty.npz", "reference.npz"])
 def test_damaged_weights_are_rejected(weights_copy, damage, name):
     target = weights_copy / name
     data = target.read_bytes()
@@ -83,6 +83,17 @@ def test_a_quality_gate_calibrated_by_an_older_version_is_a_clear_error(weights_
     result = run_cli("predict", str(radiograph), "--sex", "F", "--weights", str(weights_copy))
     assert result.returncode == 3
     assert "older format" in result.stderr and "calibrate" in result.stderr
+    assert "bone age" not in result.stdout
+
+
+def test_a_reference_set_without_its_arrays_is_a_clear_error(weights_copy, radiograph):
+    """An intact reference.npz (in its manifest) that lacks the features is refused, not read."""
+    with np.load(weights_copy / "reference.npz") as stored:
+        np.savez(weights_copy / "reference.npz", male=stored["male"], ids=stored["ids"])
+    write_manifest(weights_copy, json.loads((weights_copy / "manifest.json").read_text())["version"])
+    result = run_cli("predict", str(radiograph), "--sex", "F", "--weights", str(weights_copy))
+    assert result.returncode == 3
+    assert "is not a reference set" in result.stderr and "calibrate" in result.stderr
     assert "bone age" not in result.stdout
 
 
