@@ -50,27 +50,36 @@ from .weights import (
 )
 
 
-def _read_cases(predictor: BoneAgePredictor, cases: data.Cases, served: bool, batch_size: int = 32):
-    """Gate features of every case the image checks accept, with (``served``) their bone age
-    read as served (every test-time view) or not (None; one pass each), and that mask."""
-    usable = np.ones(len(cases), bool)
-    images = []
+def _accepted(predictor: BoneAgePredictor, cases: data.Cases, batch_size: int):
+    """Batches (row indices, model inputs) of the cases the image checks accept."""
+    rows, images = [], []
     for i, path in enumerate(cases.paths):
         try:
             images.append(predictor.prepare(path).model_input)
         except ImageError:
-            usable[i] = False
-    male = cases.male[usable]
+            continue
+        rows.append(i)
+        if len(rows) == batch_size:
+            yield np.array(rows), np.stack(images)
+            rows, images = [], []
+    if rows:
+        yield np.array(rows), np.stack(images)
+
+
+def _read_cases(predictor: BoneAgePredictor, cases: data.Cases, served: bool, batch_size: int = 32):
+    """Gate features of every case the image checks accept, with (``served``) their bone age
+    read as served and by the network alone (every test-time view) or not (None; one pass
+    each), and that mask."""
+    usable = np.zeros(len(cases), bool)
     months, features = [], []
-    for start in range(0, len(images), batch_size):
-        chunk, chunk_male = np.stack(images[start : start + batch_size]), male[start : start + batch_size]
+    for rows, chunk in _accepted(predictor, cases, batch_size):
+        usable[rows] = True
         if served:
-            estimate = predictor.infer(chunk, chunk_male)
+            estimate = predictor.infer(chunk, cases.male[rows])
             months.append(np.stack([estimate.months, estimate.network_months]))
-            chunk_features = estimate.features
+            features.append(estimate.features)
         else:
-            chunk_features = predictor.features(chunk, chunk_male)
-        features.append(chunk_features)
+            features.append(predictor.features(chunk, cases.male[rows]))
     features = {n: np.concatenate([f[n] for f in features]) for n in features[0]}
     return (np.concatenate(months, axis=1) if served else None), features, usable
 
@@ -79,19 +88,12 @@ def _reference_set(predictor: BoneAgePredictor, cases: data.Cases, batch_size: i
     """The reference set of ``cases`` the image checks accept: last-convolution features
     averaged over each image and its mirror."""
     features, kept = [], []
-    for start in range(0, len(cases), batch_size):
-        images, rows = [], []
-        for i in range(start, min(start + batch_size, len(cases))):
-            try:
-                images.append(predictor.prepare(cases.paths[i]).model_input)
-                rows.append(i)
-            except ImageError:
-                continue
-        if rows:
-            views = [np.stack(images), np.stack(images)[:, :, ::-1]]
-            pooled = [predictor.features(v, cases.male[rows])[LAST_CONV_LAYER] for v in views]
-            features.append(np.mean(pooled, axis=0))
-            kept += rows
+    for rows, images in _accepted(predictor, cases, batch_size):
+        mirrored = images[:, :, ::-1]
+        views = [predictor.features(v, cases.male[rows])[LAST_CONV_LAYER] for v in (images, mirrored)]
+        features.append(np.mean(views, axis=0))
+        kept.append(rows)
+    kept = np.concatenate(kept)
     return ReferenceSet.build(
         np.concatenate(features), cases.bone_age_months[kept], cases.male[kept], np.asarray(cases.ids)[kept]
     )
