@@ -156,8 +156,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     for path, result in zip(cases.paths, results):
         if isinstance(result, Exception):
             _print_error(str(path), result)
-    predicted = np.array([r.bone_age_months for r in results if not isinstance(r, Exception)])
-    summary = regression_metrics(predicted, cases.bone_age_months[ok], cases.male[ok])
+    readings = [r for r in results if not isinstance(r, Exception)]
+    truth = cases.bone_age_months[ok]
+    summary = regression_metrics(np.array([r.bone_age_months for r in readings]), truth, cases.male[ok])
+    if readings and all(r.interval_90 for r in readings):
+        low, high = np.array([r.interval_90 for r in readings]).T
+        summary["interval_90_coverage"] = float(np.mean((low <= truth) & (truth <= high)))
+        summary["interval_90_mean_width_months"] = float(np.mean(high - low))
     summary["failed"] = int((~ok).sum())
     summary["model_version"] = predictor.model_version
     if args.json:
@@ -168,6 +173,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"RMSE   {summary['rmse']:.2f} months")
         print(f"R²     {summary['r2']:.3f}")
         print(f"bias   {summary['bias']:+.2f} months (predicted − reference)")
+        if "interval_90_coverage" in summary:
+            print(
+                f"90% interval covers {summary['interval_90_coverage']:.1%} "
+                f"(mean width {summary['interval_90_mean_width_months']:.1f} months)"
+            )
         for sex, value in summary["mae_by_sex"].items():
             print(f"MAE {sex}  {value:.2f} months" if value is not None else f"MAE {sex}  -")
         for band, value in summary["mae_by_age_band"].items():

@@ -6,10 +6,13 @@
 * Views (``--zooms 1,1.06,0.94``): the test-time views served from then on
   (``ModelConfig.test_zooms``; each zoom read with its mirror), set before the interval
   is measured, since the interval is that of the served reading.
-* Interval: split-conformal by band of predicted bone age (Mondrian conformal,
-  Vovk et al. 2005): in each band the half-width is the finite-sample 90% quantile of
-  |error| of the test-time-augmented reading on the val split (as the training issue
-  asks). Coverage on val, and a cross-fitted coverage (calibrate on one half of val,
+* Interval: normalised split-conformal by band of predicted bone age (Mondrian conformal,
+  Vovk et al. 2005; normalised scores, Lei et al. 2018): each reading's scale is the spread
+  of its reference bone ages (``reference.interval_scale``), and in each band the half-width
+  is the finite-sample 90% quantile of |error| / scale of the served reading on the val
+  split (as the training issue asks), times the reading's own scale. Coverage is also
+  written per quarter of that spread, to show the interval holds where the neighbours agree
+  and where they do not. Coverage on val, and a cross-fitted coverage (calibrate on one half of val,
   measure on the other), are written to calibration.json with the widths.
 * Novelty gate: pooled features (of the image as it is, one pass) of ``fit_n`` train
   radiographs, each 2-year band of bone age weighted the same, fix the whitened PCA of
@@ -36,7 +39,7 @@ from .model import ModelConfig
 from .predictor import BoneAgePredictor
 from .preprocessing import ImageError
 from .quality import NoveltyModel, age_balanced_weights
-from .reference import ReferenceSet
+from .reference import ReferenceSet, interval_scale
 from .train import BN_IMAGES, recompute_batchnorm
 from .weights import (
     CALIBRATION_FILE,
@@ -68,15 +71,17 @@ def _accepted(predictor: BoneAgePredictor, cases: data.Cases, batch_size: int):
 
 def _read_cases(predictor: BoneAgePredictor, cases: data.Cases, served: bool, batch_size: int = 32):
     """Gate features of every case the image checks accept, with (``served``) their bone age
-    read as served and by the network alone (every test-time view) or not (None; one pass
-    each), and that mask."""
+    read as served, by the network alone (every test-time view) and the spread of their
+    reference bone ages, or not (None; one pass each), and that mask."""
     usable = np.zeros(len(cases), bool)
     months, features = [], []
     for rows, chunk in _accepted(predictor, cases, batch_size):
         usable[rows] = True
         if served:
             estimate = predictor.infer(chunk, cases.male[rows])
-            months.append(np.stack([estimate.months, estimate.network_months]))
+            months.append(
+                np.stack([estimate.months, estimate.network_months, estimate.reference_spread_months])
+            )
             features.append(estimate.features)
         else:
             features.append(predictor.features(chunk, cases.male[rows]))
@@ -142,21 +147,31 @@ def calibrate(
     predictor.reference.save(folder / REFERENCE_FILE)
 
     val = data.load_split(data_root, "val")
-    (months, network_months), val_features, usable = _read_cases(predictor, val, served=True)
-    errors = np.abs(months - val.bone_age_months[usable])
-    bands = conformal_bands(months, errors)
-    width = half_widths(bands, months)
+    (months, network_months, spread), val_features, usable = _read_cases(predictor, val, served=True)
+    errors, scale = np.abs(months - val.bone_age_months[usable]), interval_scale(spread)
+    bands = conformal_bands(months, errors / scale)
+    width = half_widths(bands, months, scale)
     halves = np.arange(len(errors)) % 2 == 0
     cross_covered = [
-        errors[~part] <= half_widths(conformal_bands(months[part], errors[part]), months[~part])
+        errors[~part]
+        <= half_widths(conformal_bands(months[part], errors[part] / scale[part]), months[~part], scale[~part])
         for part in (halves, ~halves)
     ]
+    quarter = np.argsort(np.argsort(spread, kind="stable")) * 4 // len(spread)  # by rank: never empty
     accepted = novelty.score(val_features) <= 1.0
     summary = {
         "interval_90_bands": bands,
         "interval_90_val_coverage": float(np.mean(errors <= width)),
         "interval_90_cross_fitted_coverage": float(np.mean(np.concatenate(cross_covered))),
         "interval_90_mean_width_months": float(2 * width.mean()),
+        "interval_90_by_spread_quarter": [
+            {
+                "spread_months": [float(spread[quarter == q].min()), float(spread[quarter == q].max())],
+                "val_coverage": float(np.mean(errors[quarter == q] <= width[quarter == q])),
+                "mean_width_months": float(2 * width[quarter == q].mean()),
+            }
+            for q in range(4)
+        ],
         "novelty_val_accepted": float(accepted.mean()),
         "test_zooms": list(predictor.config.test_zooms),
         "novelty_fit_n": fit_n,

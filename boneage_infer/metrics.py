@@ -54,36 +54,38 @@ def _band(months: np.ndarray) -> np.ndarray:
     return np.digitize(months, INTERVAL_BANDS_MONTHS[1:])
 
 
-def _conformal_quantile(errors: np.ndarray, level: float) -> float | None:
-    """The finite-sample ``level`` quantile of |error| (None when too few cases to have one)."""
-    rank = int(np.ceil((len(errors) + 1) * level))
-    return float(np.sort(errors)[rank - 1]) if rank <= len(errors) else None
+def _conformal_quantile(scores: np.ndarray, level: float) -> float | None:
+    """The finite-sample ``level`` quantile of the scores (None when too few cases to have one)."""
+    rank = int(np.ceil((len(scores) + 1) * level))
+    return float(np.sort(scores)[rank - 1]) if rank <= len(scores) else None
 
 
-def conformal_bands(months: np.ndarray, errors: np.ndarray, level: float = 0.9) -> list[dict]:
-    """Per band of predicted bone age: the finite-sample ``level`` quantile of |error|; a band
-    with too few cases for one (under 9 at 90 %) takes that of all the cases."""
+def conformal_bands(months: np.ndarray, scores: np.ndarray, level: float = 0.9) -> list[dict]:
+    """Per band of predicted bone age: the finite-sample ``level`` quantile of the conformity
+    scores, |error| over each reading's scale (normalised split-conformal); a band with too few
+    cases for one (under 9 at 90 %) takes that of all the cases."""
     bands, edges = _band(months), INTERVAL_BANDS_MONTHS + (None,)
-    pooled = _conformal_quantile(errors, level)
+    pooled = _conformal_quantile(scores, level)
     if pooled is None:
         needed = int(np.ceil(level / (1 - level) - 1e-9))
         raise ValueError(f"A {level:.0%} interval needs at least {needed} cases.")
     out = []
     for b in range(len(INTERVAL_BANDS_MONTHS)):
-        band = errors[bands == b]
+        band = scores[bands == b]
         own = _conformal_quantile(band, level)
         out.append(
             {
                 "from_months": edges[b],
                 "to_months": edges[b + 1],
                 "n": len(band),
-                "half_width_months": pooled if own is None else own,
+                "score_quantile": pooled if own is None else own,
             }
         )
     return out
 
 
-def half_widths(bands: list[dict], months: np.ndarray) -> np.ndarray:
-    """The interval half-width for each predicted bone age (bands as ``conformal_bands`` wrote them)."""
+def half_widths(bands: list[dict], months: np.ndarray, scale) -> np.ndarray:
+    """The interval half-width (months) of each reading: its band's score quantile (bands as
+    ``conformal_bands`` wrote them) times its scale."""
     index = np.digitize(np.atleast_1d(months), [band["from_months"] for band in bands[1:]])
-    return np.array([bands[i]["half_width_months"] for i in index])
+    return np.array([bands[i]["score_quantile"] for i in index]) * np.asarray(scale)

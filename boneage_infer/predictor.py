@@ -18,7 +18,7 @@ from . import clinical, explain, preprocessing, quality
 from .metrics import half_widths
 from .model import feature_layers
 from .preprocessing import ImageError, Radiograph
-from .reference import WEIGHT, ReferenceSet
+from .reference import WEIGHT, ReferenceSet, interval_scale
 from .weights import (
     CALIBRATION_FILE,
     NOVELTY_FILE,
@@ -61,6 +61,7 @@ class Reading:
     # bone age of the 50 training radiographs of that sex it finds most alike (None without them)
     network_bone_age_months: float | None = None
     reference_bone_age_months: float | None = None
+    reference_spread_months: float | None = None  # their standard deviation: sets the interval's width
     quality: dict = field(default_factory=lambda: {"accepted": True, "reason": "not checked"})
     warnings: list[str] = field(default_factory=list)
     model_version: str = ""
@@ -85,6 +86,7 @@ class Estimate(NamedTuple):
     months: np.ndarray  # served: the network's reading blended with the reference bone age
     network_months: np.ndarray  # the network's mean over the test-time views
     reference_months: np.ndarray | None  # reference.py; None when the weights have no reference set
+    reference_spread_months: np.ndarray | None  # SD of those neighbours' bone ages (the interval's scale)
     features: dict[str, np.ndarray]  # the quality gate's features of the images as they are
 
 
@@ -177,9 +179,9 @@ class BoneAgePredictor:
                 features = {name: view_features[name][: len(images)] for name in self._gate_layers}
         network = self.config.target_mean_months + self.config.target_std_months * np.mean(z, axis=0)
         if self.reference is None:
-            return Estimate(network, network, None, features)
-        reference = self.reference.bone_age(np.mean(pooled, axis=0), male)
-        return Estimate((1 - WEIGHT) * network + WEIGHT * reference, network, reference, features)
+            return Estimate(network, network, None, None, features)
+        reference, spread = self.reference.bone_age(np.mean(pooled, axis=0), male)
+        return Estimate((1 - WEIGHT) * network + WEIGHT * reference, network, reference, spread, features)
 
     def heatmap(self, image: PreparedImage, sex: str) -> np.ndarray:
         """Grad-CAM heatmap in [0, 1] at the model input size."""
@@ -190,11 +192,13 @@ class BoneAgePredictor:
         return explain.overlay(image.enhanced, self.heatmap(image, "F" if sex == UNKNOWN_SEX else sex))
 
     # -- readings -------------------------------------------------------------------------
-    def _interval(self, months: float) -> list[float] | None:
+    def _interval(self, months: float, spread: float | None) -> list[float] | None:
+        """The calibrated 90% interval; None without a calibration or a reference set (its
+        width scales with the spread of the reference bone ages, calibrate.py)."""
         bands = self.calibration.get("interval_90_bands")
-        if not bands:
+        if not bands or spread is None:
             return None
-        half = float(half_widths(bands, months)[0])
+        half = float(half_widths(bands, months, interval_scale(spread))[0])
         return [max(0.0, months - half), months + half]
 
     def _reading(
@@ -212,7 +216,7 @@ class BoneAgePredictor:
             bone_age_months=months,
             bone_age_text=clinical.format_months(months),
             stage=clinical.stage(months, "F" if sex == UNKNOWN_SEX else sex),
-            interval_90=self._interval(months),
+            interval_90=self._interval(months, parts["reference_spread_months"]),
             chronological_age_months=age,
             quality=image.quality.to_dict(),
             warnings=warnings,
@@ -292,6 +296,9 @@ class BoneAgePredictor:
                 "reference_bone_age_months": None
                 if estimate.reference_months is None
                 else estimate.reference_months[rows],
+                "reference_spread_months": None
+                if estimate.reference_spread_months is None
+                else estimate.reference_spread_months[rows],
             }
             if self.novelty is not None:
                 verdict = self.novelty.check(

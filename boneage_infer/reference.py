@@ -10,6 +10,8 @@ k-Nearest Neighbors, Papernot & McDaniel 2018). Averaging fifty radiologists' re
 alike hands smooths the noise of single readings that the network's own output has learnt.
 The served bone age is the mean of the network's reading and the reference bone age
 (``WEIGHT``); on val this reads 6.56 months against 6.66 for the network alone (model card).
+How far those neighbours' bone ages spread sets the width of the 90% interval (``interval_scale``):
+where alike hands were read far apart, the reading is less certain.
 """
 
 from __future__ import annotations
@@ -22,6 +24,14 @@ import numpy as np
 NEIGHBOURS = 50
 WEIGHT = 0.5  # share of the reference bone age in the served reading
 DIMENSIONS = 128
+SPREAD_OFFSET_MONTHS = 2.0  # added to the neighbours' spread: the interval's scale (calibrate.py)
+
+
+def interval_scale(spread_months) -> np.ndarray:
+    """The scale of a reading's 90% interval (normalised split-conformal, Lei et al. 2018): the
+    standard deviation of its neighbours' bone ages plus ``SPREAD_OFFSET_MONTHS``, so that a
+    reading whose neighbours agree does not get an interval of nothing."""
+    return SPREAD_OFFSET_MONTHS + np.asarray(spread_months, np.float64)
 
 
 def _unit(features: np.ndarray) -> np.ndarray:
@@ -79,6 +89,8 @@ class ReferenceSet:
                 found[rows] = pool[np.argsort(-similarity, axis=1, kind="stable")[:, : self.k]]
         return found
 
-    def bone_age(self, features: np.ndarray, male) -> np.ndarray:
-        """Reference bone age (months): the mean over each row's neighbours."""
-        return self.bone_age_months[self.neighbours(features, male)].mean(axis=1).astype(np.float64)
+    def bone_age(self, features: np.ndarray, male) -> tuple[np.ndarray, np.ndarray]:
+        """Reference bone age (months) per row: the mean of its neighbours' bone ages, and
+        their standard deviation (the spread)."""
+        alike = self.bone_age_months[self.neighbours(features, male)].astype(np.float64)
+        return alike.mean(axis=1), alike.std(axis=1)

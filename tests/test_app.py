@@ -41,7 +41,8 @@ def test_reading_over_the_api(client, radiograph):
     assert image.endswith(".png") and heatmap.endswith(".png") and chart.endswith(".png")
     assert pdf.endswith("bone_age_report.pdf")
     assert details["device"] in model_info and "Research use only" in model_info
-    assert f"({details['reference_bone_age_months']:.1f} months)" in model_info  # how it was read
+    mean, spread = details["reference_bone_age_months"], details["reference_spread_months"]
+    assert f"({mean:.1f} months, SD {spread:.1f};" in model_info  # how it was read
 
 
 def test_old_pdf_reports_are_swept(client, radiograph, app_tmpdir):

@@ -89,9 +89,11 @@ def test_evaluate_on_a_labelled_subset(val_cases, tmp_path):
     assert {"mae", "rmse", "r2", "bias"} <= set(summary)
     assert summary["rmse"] >= summary["mae"] > 0
     assert abs(summary["bias"]) <= summary["mae"]
+    assert 0.5 <= summary["interval_90_coverage"] <= 1 and summary["interval_90_mean_width_months"] > 10
     # the same cases with the RSNA `male` column give the same figures
     text = run_cli("evaluate", "--images", str(DATA / "images"), "--labels", str(labels_male))
     assert f"MAE    {summary['mae']:.2f} months" in text.stdout
+    assert f"90% interval covers {summary['interval_90_coverage']:.1%}" in text.stdout
     assert np.isfinite(summary["r2"])
 
 

@@ -34,7 +34,8 @@ def test_pdf_report_shows_the_reading(predictor, radiograph, tmp_path):
     assert f"{reading.z_score:+.2f}" in text and reading.call in text and reading.stage in text
     assert reading.model_version in text
     assert f"network's reading {reading.network_bone_age_months:.1f} months" in " ".join(text.split())
-    assert f"{reading.reference_bone_age_months:.1f} months (mean)" in text
+    mean, spread = reading.reference_bone_age_months, reading.reference_spread_months
+    assert f"{mean:.1f} months (mean; SD {spread:.1f})" in text
     assert "Research use only, not a medical device" in text
     assert "Patient" not in text
     subprocess.run(

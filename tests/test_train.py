@@ -171,9 +171,11 @@ def test_calibrate_sets_the_views_and_writes_a_gate_and_interval_that_load(tmp_p
     train_ids = set(data.load_split(root, "train").ids)  # the reference set: train only, all of it
     assert set(predictor.reference.ids) <= train_ids and len(predictor.reference.ids) >= len(train_ids) - 2
     image = predictor.prepare(root / "images" / next((root / "images").iterdir()).name)
-    months = predictor.infer(image.model_input[None], [True]).months
-    assert np.isfinite(months).all()
-    assert predictor._interval(float(months[0]))[1] > months[0]
+    estimate = predictor.infer(image.model_input[None], [True])
+    months, spread = float(estimate.months[0]), float(estimate.reference_spread_months[0])
+    assert np.isfinite(months) and spread > 0
+    assert predictor._interval(months, spread)[1] > months
+    assert predictor._interval(months, None) is None  # no reference set, no calibrated interval
 
 
 def test_train_refuses_an_unknown_model_growing_without_resume_bad_scale_bins_or_precision(tmp_path, capsys):

@@ -20,6 +20,7 @@ from synth import grey, to_16bit, write_dicom
 from boneage_infer import data, preprocessing, quality
 from boneage_infer.model import feature_layers
 from boneage_infer.predictor import RejectedImage
+from boneage_infer.reference import interval_scale
 from boneage_infer.weights import BUNDLED_WEIGHTS
 
 
@@ -72,8 +73,15 @@ def test_quality_gate_and_interval_on_val(predictor):
     truth = val.bone_age_months[~rejected]
     covered = [r.interval_90[0] <= t <= r.interval_90[1] for r, t in zip(readings, truth)]
     assert 0.85 <= np.mean(covered) <= 0.95
-    half_widths = {round(r.interval_90[1] - r.bone_age_months, 3) for r in readings}
-    assert len(half_widths) >= 2  # one width per band of predicted bone age, not one for all ages
+    # each half-width is its band's score quantile times the reading's own scale: the spread of
+    # its 50 most alike train radiographs' bone ages plus 2 months (reference.interval_scale)
+    half = np.array([r.interval_90[1] - r.bone_age_months for r in readings])
+    spread = np.array([r.reference_spread_months for r in readings])
+    assert len({round(q, 6) for q in half / interval_scale(spread)}) <= 4  # one per band
+    assert np.corrcoef(half, spread)[0, 1] > 0.5
+    # and it holds both where those neighbours agree and where they do not
+    covered, agree = np.array(covered), spread <= np.median(spread)
+    assert covered[agree].mean() >= 0.83 and covered[~agree].mean() >= 0.83
     calibration = json.loads((BUNDLED_WEIGHTS / "calibration.json").read_text())
     assert calibration["interval_90_val_coverage"] == pytest.approx(np.mean(covered), abs=0.025)
     assert 0.85 <= calibration["interval_90_cross_fitted_coverage"] <= 0.95
