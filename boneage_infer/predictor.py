@@ -90,6 +90,11 @@ class Estimate(NamedTuple):
     features: dict[str, np.ndarray]  # the quality gate's features of the images as they are
 
 
+def _rows(values: np.ndarray | None, rows: list[int]) -> np.ndarray | None:
+    """These rows of a batch's values; None for a part the weights do not have."""
+    return None if values is None else values[rows]
+
+
 @dataclass
 class PreparedImage:
     """A decoded radiograph, the enhanced (CLAHE) image the model sees, and its quality."""
@@ -293,12 +298,8 @@ class BoneAgePredictor:
             by_sex = {owners[i][1]: float(estimate.months[i]) for i in rows}
             parts = {
                 "network_bone_age_months": estimate.network_months[rows],
-                "reference_bone_age_months": None
-                if estimate.reference_months is None
-                else estimate.reference_months[rows],
-                "reference_spread_months": None
-                if estimate.reference_spread_months is None
-                else estimate.reference_spread_months[rows],
+                "reference_bone_age_months": _rows(estimate.reference_months, rows),
+                "reference_spread_months": _rows(estimate.reference_spread_months, rows),
             }
             if self.novelty is not None:
                 verdict = self.novelty.check(
