@@ -5,7 +5,8 @@ configurations. ``xception`` is the canonical keras.applications.Xception topolo
 (width 1, 8 middle-flow blocks); ``xception-small`` is the half-width, 4-block
 variant that trains at a useful speed on a 2-core CPU; ``xception-half`` has the canonical
 8 blocks at half width, ``xception-wide`` the same at three-quarter width and ``xception-grey``
-at full width (the canonical network with one greyscale channel). ``grow`` turns a
+at full width (the canonical network with one greyscale channel); ``xception-wide-deep`` has
+16 blocks at three-quarter width. ``grow`` turns a
 trained model into a deeper (``deepen``) or wider (``widen``) one that reads the same; ``restack``
 revives middle-flow blocks that never grew.
 """
@@ -76,6 +77,7 @@ MODELS: dict[str, ModelConfig] = {
     "xception-half": ModelConfig(name="xception-half", middle_blocks=8),  # canonical depth, half width
     "xception-wide": ModelConfig(name="xception-wide", width=0.75, middle_blocks=8),
     "xception-grey": ModelConfig(name="xception-grey", width=1.0, middle_blocks=8),  # full width, 1 channel
+    "xception-wide-deep": ModelConfig(name="xception-wide-deep", width=0.75, middle_blocks=16),  # 2x depth
     "xception-tiny": ModelConfig(name="xception-tiny", width=0.125, middle_blocks=1, input_size=96),  # tests
 }
 

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from . import clinical
+from .reference import NEIGHBOURS
 
 DISCLAIMER = "Research use only, not a medical device."
 
@@ -80,7 +81,7 @@ def how_read(details: dict) -> str | None:
         return None
     return (
         f"mean of the network's reading ({details['network_bone_age_months']:.1f} months) and the "
-        f"mean bone age of the 50 training radiographs it finds most alike "
+        f"mean bone age of the {NEIGHBOURS} training radiographs it finds most alike "
         f"({details['reference_bone_age_months']:.1f} months, SD {details['reference_spread_months']:.1f}; "
         "the wider their spread, the wider the 90% interval)"
     )
@@ -94,7 +95,7 @@ def report_lines(reading) -> list[tuple[str, str]]:
     if reading.reference_bone_age_months is not None:  # the two halves of the bone age
         rows.append(("  network's reading", f"{reading.network_bone_age_months:.1f} months"))
         mean, spread = reading.reference_bone_age_months, reading.reference_spread_months
-        rows.append(("  50 most alike train films", f"{mean:.1f} months (mean; SD {spread:.1f})"))
+        rows.append((f"  {NEIGHBOURS} most alike train films", f"{mean:.1f} months (mean; SD {spread:.1f})"))
     rows.append(("Sex", {"F": "female", "M": "male"}.get(reading.sex, "unknown")))
     if reading.chronological_age_months is not None:
         rows.append(
