@@ -58,8 +58,8 @@ class Reading:
     call: str | None = None
     bone_age_by_sex: dict[str, float] | None = None
     # the two halves of bone_age_months (reference.py): the network's own reading, and the mean
-    # bone age of the reference.NEIGHBOURS (50) training radiographs of that sex it finds most
-    # alike (None without them)
+    # bone age of the reference.NEIGHBOURS training radiographs of that sex it finds most alike
+    # (None without them)
     network_bone_age_months: float | None = None
     reference_bone_age_months: float | None = None
     reference_spread_months: float | None = None  # their standard deviation: sets the interval's width
