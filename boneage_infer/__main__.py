@@ -315,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--model",
         default="xception-small",
-        help="xception-small (default), xception-half, xception-wide, xception-wide-deep or xception",
+        help="xception-small (default), xception-half, xception-wide, xception-wide-deep, "
+        "xception-grey or xception",
     )
     p.add_argument("--stages", default="224:8", help="input size and epochs per stage, e.g. 160:2,224:6")
     p.add_argument("--batch-size", type=int, default=16)
