@@ -223,6 +223,12 @@ def _average(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrained(args: argparse.Namespace) -> int:
+    from .pretrained import main
+
+    return main()
+
+
 def _train(args: argparse.Namespace) -> int:
     from .train import check_options, continue_run, cross_validate, resolve_precision, train
 
@@ -243,6 +249,7 @@ def _train(args: argparse.Namespace) -> int:
             args.restack,
             args.age_bins,
             args.dropout,
+            args.init,
         )
     except ValueError as exc:
         _print_error("train", exc)
@@ -259,6 +266,8 @@ def _train(args: argparse.Namespace) -> int:
         age_bins=args.age_bins,
         hand_crop=args.hand_crop,
         dropout=args.dropout,
+        init=args.init,
+        train_from=args.train_from,
         augment_strength=args.augment,
         acquisition=args.acquisition,
         precision=precision,
@@ -354,6 +363,17 @@ def main(argv: list[str] | None = None) -> int:
         "0 turns it off)",
     )
     p.add_argument(
+        "--init",
+        choices=["imagenet"],
+        help="start the backbone from ImageNet-pretrained Xception (xception, xception-grey; "
+        "fetched once by `pretrained`)",
+    )
+    p.add_argument(
+        "--train-from",
+        metavar="BLOCK",
+        help="freeze the backbone before this block, e.g. exit1 (exit flow only) or middle0",
+    )
+    p.add_argument(
         "--augment", type=float, default=1.0, help="scale of rotation/zoom/shift/brightness/contrast (0 to 1)"
     )
     p.add_argument(
@@ -412,6 +432,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="new weights folder")
     p.add_argument("--version", help="model version for the manifest (default: the folder name)")
     p.set_defaults(run=_average)
+
+    p = commands.add_parser(
+        "pretrained", help="fetch and verify the ImageNet Xception weights that train --init imagenet uses"
+    )
+    p.set_defaults(run=_pretrained)
 
     args = parser.parse_args(argv)
     return args.run(args)

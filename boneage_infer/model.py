@@ -138,6 +138,25 @@ def feature_layers(config: ModelConfig) -> list[str]:
     return [middle, "last_conv"]
 
 
+BACKBONE_PREFIXES = ("entry", "middle", "exit")
+
+
+def backbone_weights(model: keras.Model) -> list:
+    """The backbone's variables in the order of keras.applications.Xception's weights."""
+    return [w for layer in model.layers if layer.name.startswith(BACKBONE_PREFIXES) for w in layer.weights]
+
+
+def freeze_before(model: keras.Model, block: str) -> None:
+    """Freeze every backbone layer before ``block`` (a layer-name prefix such as ``exit1`` or
+    ``middle0``); their batch norms then keep their statistics too."""
+    names = [layer.name for layer in model.layers]
+    first = next((i for i, name in enumerate(names) if name.startswith(block)), None)
+    if first is None or not block.startswith(BACKBONE_PREFIXES):
+        raise ValueError(f"{model.name} has no backbone block {block!r} (e.g. entry3, middle0, exit1)")
+    for layer in model.layers[:first]:
+        layer.trainable = not layer.name.startswith(BACKBONE_PREFIXES)
+
+
 def build_model(config: ModelConfig) -> keras.Model:
     """Build the multi-input network (inputs ``image`` and ``sex``; 1 = male).
 

@@ -37,6 +37,7 @@ from .model import (
     add_heads,
     age_bin_centres,
     build_model,
+    freeze_before,
     grow,
     restack,
 )
@@ -279,13 +280,24 @@ def check_options(
     restack_scale: float | None = None,
     age_bins: int = 0,
     dropout: float | None = None,
+    init: str | None = None,
 ) -> None:
     """Raise ValueError, before any work, for an unknown model, a --grow or --restack without
-    --resume, a scale outside 0 to 1, a number of bins of bone age outside 2-240, or a
-    dropout rate outside 0 to 0.9."""
+    --resume, a scale outside 0 to 1, a number of bins of bone age outside 2-240, a
+    dropout rate outside 0 to 0.9, or an --init other than imagenet, with --resume or for a
+    network that is not the Xception topology."""
     for name in filter(None, (model_name, grow_into)):
         if name not in MODELS:
             raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    if init is not None:
+        if init != "imagenet":
+            raise ValueError(f"--init must be imagenet, not {init!r}")
+        if resume:
+            raise ValueError("--init imagenet starts a new network: give it without --resume")
+        if (MODELS[model_name].width, MODELS[model_name].middle_blocks) != (1.0, 8):
+            raise ValueError(
+                f"--init imagenet needs the Xception topology (xception, xception-grey), not {model_name}"
+            )
     if grow_into and not resume:
         raise ValueError("--grow needs --resume: it grows a trained model")
     if restack_scale is not None and not resume:
@@ -375,6 +387,8 @@ def train(
     age_bins: int = 0,
     hand_crop: bool = False,
     dropout: float | None = None,
+    init: str | None = None,
+    train_from: str | None = None,
     augment_strength: float = 1.0,
     acquisition: float = 1.0,
     precision: str = "auto",
@@ -399,11 +413,13 @@ def train(
     from 5.5 to 7.4 months (the shipped model, 512 radiographs).
     ``age_group_head`` and ``age_bins`` add those heads, to a resumed model too (they start
     at random, the rest as resumed).
+    ``init="imagenet"`` starts the backbone from ImageNet (``pretrained.imagenet_weights``);
+    ``train_from`` (a block such as ``exit1`` or ``middle0``) freezes the backbone before it.
     ``continuing`` picks the run in ``out`` up where it stopped (``continue_run``)."""
     import keras
 
     check_options(
-        model_name, grow_into, resume, augment_strength, acquisition, restack_scale, age_bins, dropout
+        model_name, grow_into, resume, augment_strength, acquisition, restack_scale, age_bins, dropout, init
     )
     options = {k: v for k, v in locals().items() if k not in ("keras", "out", "continuing", "verbose")}
     keras.utils.set_random_seed(seed)
@@ -458,6 +474,10 @@ def train(
         model.load_weights(checkpoint / WEIGHTS_FILE)
     elif resume:
         model.load_weights(Path(resume) / WEIGHTS_FILE)
+    elif init == "imagenet":
+        from .pretrained import imagenet_weights, load_imagenet
+
+        load_imagenet(model, imagenet_weights())
     if grow_into and not continuing:
         target = MODELS[grow_into]
         grown = replace(
@@ -475,6 +495,8 @@ def train(
     )
     if heads != config and not continuing:
         model, config = add_heads(model, heads), heads
+    if train_from:
+        freeze_before(model, train_from)
 
     z = (train_cases.bone_age_months - config.target_mean_months) / config.target_std_months
     targets = {"bone_age_z": z.astype(np.float32)[:, None]}
