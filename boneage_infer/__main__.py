@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+EVALUATE_CHUNK = 64  # radiographs read at a time by evaluate
 
 
 def _print_error(name: str, exc: Exception) -> None:
@@ -151,11 +152,21 @@ def _evaluate(args: argparse.Namespace) -> int:
     except (OSError, ValueError, WeightsError) as exc:
         _print_error("evaluate", exc)
         return 2
-    results = predictor.predict_batch(cases.paths, ["M" if m else "F" for m in cases.male])
+    sexes = ["M" if m else "F" for m in cases.male]
+    results, excluded = [], []
+    for start in range(0, len(cases), EVALUATE_CHUNK):  # in chunks, so that --strict stops early
+        chunk = slice(start, start + EVALUATE_CHUNK)
+        for case_id, path, result in zip(
+            cases.ids[chunk], cases.paths[chunk], predictor.predict_batch(cases.paths[chunk], sexes[chunk])
+        ):
+            results.append(result)
+            if isinstance(result, Exception):
+                excluded.append(_excluded(case_id, path, result))
+                print(_describe_excluded(excluded[-1]), file=sys.stderr)
+                if args.strict:
+                    print("evaluate: stopped at the first excluded radiograph (--strict)", file=sys.stderr)
+                    return 1
     ok = np.array([not isinstance(r, Exception) for r in results])
-    for path, result in zip(cases.paths, results):
-        if isinstance(result, Exception):
-            _print_error(str(path), result)
     readings = [r for r in results if not isinstance(r, Exception)]
     truth = cases.bone_age_months[ok]
     summary = regression_metrics(np.array([r.bone_age_months for r in readings]), truth, cases.male[ok])
@@ -163,12 +174,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         low, high = np.array([r.interval_90 for r in readings]).T
         summary["interval_90_coverage"] = float(np.mean((low <= truth) & (truth <= high)))
         summary["interval_90_mean_width_months"] = float(np.mean(high - low))
-    summary["failed"] = int((~ok).sum())
+    summary["failed"] = len(excluded)
+    summary["rejected"] = sum(e["kind"] == "rejected" for e in excluded)
+    summary["unreadable"] = sum(e["kind"] == "unreadable" for e in excluded)
+    summary["excluded"] = excluded
     summary["model_version"] = predictor.model_version
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"n      {summary['n']}  (failed {summary['failed']})")
+        print(f"n      {summary['n']}  (rejected {summary['rejected']}, unreadable {summary['unreadable']})")
         print(f"MAE    {summary['mae']:.2f} months")
         print(f"RMSE   {summary['rmse']:.2f} months")
         print(f"R²     {summary['r2']:.3f}")
@@ -182,7 +196,30 @@ def _evaluate(args: argparse.Namespace) -> int:
             print(f"MAE {sex}  {value:.2f} months" if value is not None else f"MAE {sex}  -")
         for band, value in summary["mae_by_age_band"].items():
             print(f"MAE {band:>7}  {value['mae']:.2f} months (n={value['n']})")
+        for row in excluded:
+            print(_describe_excluded(row))
     return 1 if summary["failed"] else 0
+
+
+def _excluded(case_id: str, path: Path, error: Exception) -> dict:
+    """A radiograph left out of the metrics: rejected by a named check, or unreadable."""
+    from .predictor import RejectedImage
+
+    row = {"id": case_id, "file": str(path), "error": str(error)}
+    if isinstance(error, RejectedImage):
+        return {
+            **row,
+            "kind": "rejected",
+            **{k: v for k, v in error.quality.to_dict().items() if k != "accepted"},
+        }
+    return {**row, "kind": "unreadable"}
+
+
+def _describe_excluded(row: dict) -> str:
+    measured = (
+        f" ({row['check']}: {row['value']:g} against the limit {row['limit']:g})" if "value" in row else ""
+    )
+    return f"{row['kind']} {row['id']} {row['file']}: {row['error']}{measured}"
 
 
 def _zooms(text: str) -> tuple[float, ...]:
@@ -307,7 +344,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--labels", type=Path, required=True, help="CSV: id, boneage (months), male or sex")
     p.add_argument("--split", help="only ids with this split in splits.csv beside the labels (e.g. val)")
     p.add_argument("--limit", type=int, help="only the first N cases")
-    p.add_argument("--json", action="store_true", help="one JSON object with n, mae, rmse, r2, bias")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object with n, mae, rmse, r2, bias and every excluded radiograph (id, file, check)",
+    )
+    p.add_argument(
+        "--strict", action="store_true", help="stop at the first rejected or unreadable radiograph"
+    )
     p.add_argument("--weights", help="weights folder")
     p.set_defaults(run=_evaluate)
 

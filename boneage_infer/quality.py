@@ -63,13 +63,26 @@ HAND_BODY_PARTS = {"HAND", "WRIST", "FINGER"}
 
 @dataclass
 class Quality:
+    """The verdict of one check; a rejection names its ``check`` and, where it measures one,
+    the ``value`` found against the ``limit`` it crossed."""
+
     accepted: bool
     reason: str
     warnings: list[str] = field(default_factory=list)
     noise_sigma: float = 0.0  # estimated grey-level noise at 299 px (``noise_sigma``)
+    check: str | None = None
+    value: float | None = None
+    limit: float | None = None
 
     def to_dict(self) -> dict:
-        return {"accepted": self.accepted, "reason": self.reason}
+        row = {"accepted": self.accepted, "reason": self.reason, "check": self.check}
+        if self.value is not None:
+            row |= {"value": round(self.value, 4), "limit": self.limit}
+        return row
+
+
+def _rejected(reason: str, check: str, value: float | None = None, limit: float | None = None) -> Quality:
+    return Quality(False, reason, check=check, value=None if value is None else float(value), limit=limit)
 
 
 def header_checks(radiograph: Radiograph) -> Quality:
@@ -77,11 +90,13 @@ def header_checks(radiograph: Radiograph) -> Quality:
     modality = radiograph.modality
     if modality and modality not in RADIOGRAPH_MODALITIES:
         name = MODALITY_NAMES.get(modality, "not a plain radiograph")
-        return Quality(False, f"the DICOM modality is {modality} ({name}); a hand radiograph is needed")
+        return _rejected(
+            f"the DICOM modality is {modality} ({name}); a hand radiograph is needed", "modality"
+        )
     words = set(re.findall(r"[A-Z]+", radiograph.body_part or ""))
     if words & OTHER_BODY_PARTS and not words & HAND_BODY_PARTS:
-        return Quality(
-            False, f"the DICOM body part is {radiograph.body_part}; a radiograph of the hand is needed"
+        return _rejected(
+            f"the DICOM body part is {radiograph.body_part}; a radiograph of the hand is needed", "body_part"
         )
     return Quality(True, "usable hand radiograph")
 
@@ -114,30 +129,51 @@ def image_checks(radiograph: Radiograph) -> Quality:
     if not header.accepted:
         return header
     if radiograph.colourfulness > MAX_COLOURFULNESS:
-        return Quality(False, "a colour image (photograph?), not a radiograph")
+        return _rejected(
+            "a colour image (photograph?), not a radiograph",
+            "colourfulness",
+            radiograph.colourfulness,
+            MAX_COLOURFULNESS,
+        )
     grey = cv2.resize(radiograph.pixels, (CANONICAL_SIZE, CANONICAL_SIZE), interpolation=cv2.INTER_AREA)
     values = grey.astype(np.float64)
     if values.std() < MIN_STD:
-        return Quality(False, "a blank or uniform image")
+        return _rejected("a blank or uniform image", "grey_level_std", values.std(), MIN_STD)
     correlation = np.corrcoef(values[:, :-1].ravel(), values[:, 1:].ravel())[0, 1]
     if not correlation > MIN_NEIGHBOUR_CORRELATION:
-        return Quality(False, "noise with no structure, not a radiograph")
+        return _rejected(
+            "noise with no structure, not a radiograph",
+            "neighbour_correlation",
+            np.nan_to_num(correlation),
+            MIN_NEIGHBOUR_CORRELATION,
+        )
     counts = np.sort(np.bincount(radiograph.pixels.ravel(), minlength=256))[::-1]
     levels = int(np.searchsorted(np.cumsum(counts) / counts.sum(), 0.99) + 1)
     if levels < MIN_GREY_LEVELS:
-        return Quality(False, f"a drawing or binary image ({levels} grey levels), not a radiograph")
+        return _rejected(
+            f"a drawing or binary image ({levels} grey levels), not a radiograph",
+            "grey_levels",
+            levels,
+            MIN_GREY_LEVELS,
+        )
     denoised = cv2.medianBlur(grey, 3).astype(np.float32)
     detail = float(np.abs(cv2.Laplacian(denoised, cv2.CV_32F)).mean())
     if detail > MAX_LAPLACIAN:
-        return Quality(False, "fine texture everywhere (text, a screenshot or a photograph?)")
+        return _rejected(
+            "fine texture everywhere (text, a screenshot or a photograph?)", "texture", detail, MAX_LAPLACIAN
+        )
     gradient = np.hypot(cv2.Sobel(values, cv2.CV_64F, 1, 0), cv2.Sobel(values, cv2.CV_64F, 0, 1))
-    if np.percentile(gradient, 99.9) < MIN_EDGE:
-        return Quality(False, "no sharp edges anywhere (blurred, or not a radiograph?)")
-    if (grey > 200).mean() > MAX_BRIGHT_FRACTION:
-        return Quality(
-            False,
+    edge = np.percentile(gradient, 99.9)
+    if edge < MIN_EDGE:
+        return _rejected("no sharp edges anywhere (blurred, or not a radiograph?)", "edges", edge, MIN_EDGE)
+    bright = (grey > 200).mean()
+    if bright > MAX_BRIGHT_FRACTION:
+        return _rejected(
             "mostly bright, not a hand radiograph (a document, a screenshot, an inverted image, "
             "or a radiograph of a larger body part?)",
+            "bright_fraction",
+            bright,
+            MAX_BRIGHT_FRACTION,
         )
     warnings = []
     noise = noise_sigma(grey)
@@ -232,7 +268,8 @@ class NoveltyModel:
 
     def check(self, features: dict[str, np.ndarray], noise: float = 0.0) -> Quality:
         """Accept features like the training radiographs'; ``noise`` (``noise_sigma``) words the reason."""
-        if float(self.score(features)[0]) <= 1.0:
+        score = float(self.score(features)[0])
+        if score <= 1.0:
             return Quality(True, "usable hand radiograph")
         reason = (
             "unlike every radiograph the model was trained on (another body part, not a radiograph, "
@@ -243,7 +280,7 @@ class NoveltyModel:
                 "; if it is a hand radiograph, it is grainier than any training radiograph (noise about "
                 f"{noise:.1f} grey levels, they have 1 at most): a less noisy image or export may be read"
             )
-        return Quality(False, reason)
+        return _rejected(reason, "novelty", score, 1.0)
 
     def save(self, path: Path) -> None:
         arrays = {"max_score": np.array([self.max_score])}

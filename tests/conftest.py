@@ -39,7 +39,7 @@ def val_cases() -> list[dict]:
 
 @pytest.fixture(scope="session")
 def radiograph(val_cases) -> Path:
-    """One real radiograph from the val split (val's first, 1407, is one the quality gate rejects)."""
+    """One real radiograph from the val split."""
     return DATA / "images" / f"{val_cases[1]['id']}.jpg"
 
 

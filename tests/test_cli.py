@@ -103,3 +103,43 @@ def test_unknown_sex_from_the_cli(radiograph):
     reading = json.loads(result.stdout)
     assert reading["sex"] == "U" and set(reading["bone_age_by_sex"]) == {"F", "M"}
     assert reading["z_score"] is None and any("Sex unknown" in w for w in reading["warnings"])
+
+
+def test_evaluate_names_every_excluded_radiograph_and_strict_stops_at_the_first(val_cases, tmp_path):
+    """Three real radiographs, a lower-leg film (the feature gate), a blank image (an image
+    check) and a truncated file (unreadable)."""
+    import cv2
+    from nonhand import other_body_part_pictures
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rows = [[row["id"], row["boneage"], row["male"]] for row in val_cases[1:5]]
+    for case_id, *_ in rows[:3]:
+        (images / f"{case_id}.jpg").symlink_to(DATA / "images" / f"{case_id}.jpg")
+    broken = rows[3][0]
+    (images / f"{broken}.jpg").write_bytes((DATA / "images" / f"{broken}.jpg").read_bytes()[:300])
+    (images / "leg.png").write_bytes(other_body_part_pictures()["lower-leg-no-border.png"])
+    cv2.imwrite(str(images / "blank.png"), np.full((300, 300), 128, np.uint8))
+    labels = tmp_path / "labels.csv"
+    with open(labels, "w", newline="") as handle:
+        csv.writer(handle).writerows(
+            [["id", "boneage", "male"], *rows, ["leg", 120, "True"], ["blank", 60, "False"]]
+        )
+    result = run_cli("evaluate", "--images", str(images), "--labels", str(labels), "--json")
+    assert result.returncode == 1
+    summary = json.loads(result.stdout)
+    assert (summary["n"], summary["rejected"], summary["unreadable"], summary["failed"]) == (3, 2, 1, 3)
+    excluded = {row["id"]: row for row in summary["excluded"]}
+    assert excluded["leg"]["kind"] == "rejected" and excluded["leg"]["file"].endswith("leg.png")
+    assert excluded["leg"]["check"] == "novelty" and excluded["leg"]["value"] > excluded["leg"]["limit"] == 1
+    assert (
+        excluded["blank"]["check"] == "grey_level_std"
+        and excluded["blank"]["value"] < excluded["blank"]["limit"]
+    )
+    assert excluded[broken]["kind"] == "unreadable" and excluded[broken]["error"]
+    text = run_cli("evaluate", "--images", str(images), "--labels", str(labels))
+    assert "n      3  (rejected 2, unreadable 1)" in text.stdout
+    assert "rejected blank " in text.stdout and "(grey_level_std: 0 against the limit 4)" in text.stdout
+    assert f"unreadable {broken} " in text.stdout
+    strict = run_cli("evaluate", "--images", str(images), "--labels", str(labels), "--json", "--strict")
+    assert strict.returncode == 1 and strict.stdout == "" and "--strict" in strict.stderr
