@@ -75,7 +75,9 @@ class Quality:
     limit: float | None = None
 
     def to_dict(self) -> dict:
-        row = {"accepted": self.accepted, "reason": self.reason, "check": self.check}
+        row = {"accepted": self.accepted, "reason": self.reason}
+        if self.check:
+            row["check"] = self.check
         if self.value is not None:
             row |= {"value": round(self.value, 4), "limit": self.limit}
         return row
