@@ -1,6 +1,10 @@
 # Hugging Face Docker Space: serves app.py on port 7860 as a non-root user (uid 1000).
 FROM python:3.11-slim
 
+# the PDF report's fonts for Chinese, Japanese and Korean names (Latin, Greek, Cyrillic: matplotlib's DejaVu)
+RUN apt-get update && apt-get install -y --no-install-recommends fonts-droid-fallback fonts-nanum \
+    && rm -rf /var/lib/apt/lists/*
+
 RUN useradd --create-home --uid 1000 user
 USER user
 ENV HOME=/home/user \

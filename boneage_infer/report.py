@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import unicodedata
 from datetime import date
+from functools import cache
 from pathlib import Path
 
 import cv2
@@ -13,6 +15,69 @@ from . import clinical
 from .reference import NEIGHBOURS
 
 DISCLAIMER = "Research use only, not a medical device."
+MAX_PATIENT_CHARS = 64
+# DejaVu Sans (shipped with matplotlib: Latin, Greek, Cyrillic and more) prints the report;
+# Debian's Droid Sans Fallback (fonts-droid-fallback) adds Chinese and Japanese, Nanum Gothic
+# (fonts-nanum) Korean, where they are installed (the Dockerfile and .ci/run install both).
+FALLBACK_FONTS = (
+    Path("/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf"),
+    Path("/usr/share/fonts/truetype/nanum/NanumGothic.ttf"),
+)
+STYLES = {"": "DejaVuSans.ttf", "B": "DejaVuSans-Bold.ttf", "I": "DejaVuSans-Oblique.ttf"}
+
+
+def _font_dir() -> Path:
+    import matplotlib
+
+    return Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+
+
+@cache
+def _covered() -> frozenset[int]:
+    """Code points that the report's fonts (all styles and the fallbacks found) can print."""
+    from fontTools.ttLib import TTFont
+
+    fonts = [_font_dir() / name for name in STYLES.values()]
+    fonts += [path for path in FALLBACK_FONTS if path.is_file()]
+    common = None
+    for style in fonts[: len(STYLES)]:
+        points = set(TTFont(style, lazy=True).getBestCmap())
+        common = points if common is None else common & points
+    for fallback in fonts[len(STYLES) :]:
+        common |= set(TTFont(fallback, lazy=True).getBestCmap())
+    return frozenset(common)
+
+
+def check_patient(text: str | None) -> str | None:
+    """The name or ID to print, stripped (None if empty); ValueError if too long or it holds
+    control characters."""
+    value = (text or "").strip()
+    if not value:
+        return None
+    if len(value) > MAX_PATIENT_CHARS:
+        raise ValueError(
+            f"The name or ID is {len(value)} characters long; at most {MAX_PATIENT_CHARS} are printed."
+        )
+    if any(unicodedata.category(ch).startswith("C") for ch in value):
+        raise ValueError("The name or ID holds control characters (tab, newline, ...): type it on one line.")
+    return value
+
+
+def unprintable(text: str | None) -> str:
+    """The characters of ``text`` that no report font can print (they print as '?')."""
+    covered = _covered()
+    return "".join(dict.fromkeys(ch for ch in text or "" if ord(ch) not in covered and not ch.isspace()))
+
+
+def unprintable_warning(patient: str | None) -> str | None:
+    """A warning naming the characters of the name that the report cannot print, or None."""
+    missing = unprintable(patient)
+    if not missing:
+        return None
+    return (
+        f"The report has no font for {missing!r} in the name or ID: they print as '?'. "
+        "Check the name on the PDF, or type it in Latin letters."
+    )
 
 
 def growth_chart(reading, dpi: int = 110) -> np.ndarray:
@@ -70,8 +135,9 @@ def _png(picture: np.ndarray) -> io.BytesIO:
     return io.BytesIO(cv2.imencode(".png", image)[1].tobytes())
 
 
-def _latin1(text: str) -> str:
-    return text.replace("−", "-").replace("–", "-").encode("latin-1", "replace").decode("latin-1")
+def _printable(text: str) -> str:
+    covered = _covered()
+    return "".join(ch if ord(ch) in covered or ch.isspace() else "?" for ch in text)
 
 
 def how_read(details: dict) -> str | None:
@@ -117,38 +183,49 @@ def report_lines(reading) -> list[tuple[str, str]]:
 def pdf_report(
     reading, enhanced: np.ndarray, heat_overlay: np.ndarray, path: Path, patient: str | None = None
 ) -> Path:
-    """One page: radiograph and heatmap, the figures, the growth chart, the disclaimer."""
+    """One page: radiograph and heatmap, the figures, the growth chart, the disclaimer.
+    ``patient`` (``check_patient``) prints in Unicode; characters no font has print as '?'
+    under a note that says so."""
     from fpdf import FPDF
 
+    patient = check_patient(patient)
     pdf = FPDF(format="A4")
+    for style, name in STYLES.items():
+        pdf.add_font("report", style, _font_dir() / name)
+    fallbacks = [font for font in FALLBACK_FONTS if font.is_file()]
+    for n, font in enumerate(fallbacks):
+        for style in STYLES:
+            pdf.add_font(f"fallback{n}", style, font)
+    pdf.set_fallback_fonts([f"fallback{n}" for n in range(len(fallbacks))], exact_match=False)
     pdf.set_auto_page_break(False)
     pdf.add_page()
-    pdf.set_font("Helvetica", "B", 16)
+    pdf.set_font("report", "B", 16)
     pdf.cell(0, 10, "Bone age report (Greulich & Pyle)", new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font("Helvetica", "B", 10)
+    pdf.set_font("report", "B", 10)
     pdf.set_text_color(160, 0, 0)
     pdf.cell(0, 6, DISCLAIMER, new_x="LMARGIN", new_y="NEXT")
     pdf.set_text_color(0, 0, 0)
     if patient:
-        pdf.set_font("Helvetica", "", 10)
-        pdf.cell(0, 6, _latin1(f"Patient: {patient}"), new_x="LMARGIN", new_y="NEXT")
+        pdf.set_font("report", "", 10)
+        pdf.cell(0, 6, _printable(f"Patient: {patient}"), new_x="LMARGIN", new_y="NEXT")
     top = pdf.get_y() + 2
     pdf.image(_png(enhanced), x=10, y=top, w=60, h=60)
     pdf.image(_png(heat_overlay), x=75, y=top, w=60, h=60)
-    pdf.set_font("Helvetica", "", 8)
+    pdf.set_font("report", "", 8)
     pdf.set_xy(10, top + 61)
     pdf.cell(60, 4, "Radiograph as the model saw it (CLAHE)")
     pdf.set_xy(75, top + 61)
     pdf.cell(60, 4, "Grad-CAM: where the model looked")
     pdf.set_xy(10, top + 68)
     for label, value in report_lines(reading):
-        pdf.set_font("Helvetica", "B", 10)
-        pdf.cell(55, 6, _latin1(label))
-        pdf.set_font("Helvetica", "", 10)
-        pdf.cell(0, 6, _latin1(str(value)), new_x="LMARGIN", new_y="NEXT")
-    for warning in reading.warnings:
-        pdf.set_font("Helvetica", "I", 8)
-        pdf.multi_cell(0, 4, _latin1(f"Note: {warning}"), new_x="LMARGIN", new_y="NEXT")
+        pdf.set_font("report", "B", 10)
+        pdf.cell(55, 6, _printable(label))
+        pdf.set_font("report", "", 10)
+        pdf.cell(0, 6, _printable(str(value)), new_x="LMARGIN", new_y="NEXT")
+    for warning in [*reading.warnings, unprintable_warning(patient)]:
+        if warning:
+            pdf.set_font("report", "I", 8)
+            pdf.multi_cell(0, 4, _printable(f"Note: {warning}"), new_x="LMARGIN", new_y="NEXT")
     pdf.image(_png(growth_chart(reading)), x=10, y=max(pdf.get_y() + 2, 190), w=110)
     pdf.output(str(path))
     return Path(path)

@@ -6,6 +6,7 @@ import subprocess
 
 import cv2
 import numpy as np
+import pytest
 
 from boneage_infer import report
 
@@ -56,3 +57,34 @@ def test_pdf_report_prints_the_patient_only_when_asked(predictor, radiograph, tm
     )
     text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
     assert "Patient: Case 42" in text
+
+
+def test_pdf_report_prints_names_in_any_script_a_font_covers_and_warns_for_the_rest(
+    predictor, radiograph, tmp_path
+):
+    prepared = predictor.prepare(radiograph)
+    reading = predictor.predict_prepared(prepared, "M", 100)
+
+    def text_of(patient: str) -> str:
+        pdf = report.pdf_report(reading, prepared.enhanced, prepared.enhanced, tmp_path / "u.pdf", patient)
+        return subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+
+    for name in ("Łukasz 张伟", "Ελένη Παπαδοπούλου", "Андрей Иванов", "佐藤 ひかり", "김민준"):
+        assert report.unprintable(name) == "" and report.unprintable_warning(name) is None
+        text = text_of(name)
+        assert f"Patient: {name}" in text and "?" not in text.split("Patient:")[1].splitlines()[0]
+    hieroglyph = "Ra \U00013000"  # Egyptian hieroglyphs: no report font has them
+    assert report.unprintable(hieroglyph) == "\U00013000"
+    text = " ".join(text_of(hieroglyph).split())
+    assert "Patient: Ra ?" in text and "has no font for" in text
+
+
+def test_a_patient_name_too_long_or_with_control_characters_is_refused(predictor, radiograph, tmp_path):
+    prepared = predictor.prepare(radiograph)
+    reading = predictor.predict_prepared(prepared, "M", 100)
+    assert report.check_patient("  Case 42 ") == "Case 42" and report.check_patient("   ") is None
+    assert report.check_patient("x" * 64) == "x" * 64
+    for bad, message in (("x" * 10_000, "10000 characters long; at most 64"), ("Ann\x1b[31m", "control")):
+        with pytest.raises(ValueError, match=message):
+            report.pdf_report(reading, prepared.enhanced, prepared.enhanced, tmp_path / "x.pdf", bad)
+    assert not (tmp_path / "x.pdf").exists()
