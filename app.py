@@ -6,31 +6,33 @@ The named API endpoint ``/predict`` takes (file, sex, age, birth date, exam date
 
 from __future__ import annotations
 
-import getpass
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-import gradio as gr
+from boneage_infer.server import UploadLimits, private_folder, private_gradio_temp
 
-from boneage_infer import clinical, report
-from boneage_infer.data import ExampleCase, example_cases
-from boneage_infer.predictor import BoneAgePredictor
-from boneage_infer.preprocessing import MAX_FILE_BYTES, ImageError, read_radiograph
+private_gradio_temp()  # before gradio is imported, which reads GRADIO_TEMP_DIR
+
+import gradio as gr  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
+
+from boneage_infer import clinical, report  # noqa: E402
+from boneage_infer.data import ExampleCase, example_cases  # noqa: E402
+from boneage_infer.predictor import BoneAgePredictor  # noqa: E402
+from boneage_infer.preprocessing import MAX_FILE_BYTES, ImageError, read_radiograph  # noqa: E402
 
 SEX_CHOICES = [("Female", "F"), ("Male", "M"), ("Unknown", "U")]
-KEEP_FILES_SECONDS = 3600  # reports and Gradio's copies of uploads are deleted after an hour
+KEEP_FILES_SECONDS = 900  # reports and Gradio's copies of uploads are deleted after 15 minutes
+CLEAN_EVERY_SECONDS = 300
+MAX_UPLOAD_BYTES = MAX_FILE_BYTES + (1 << 20)  # one radiograph and its multipart framing
 
 
 def report_folder() -> Path:
-    """A fresh folder for one PDF report; report folders older than KEEP_FILES_SECONDS are removed.
-
-    The parent is per user: a shared one made by another user would not be writable."""
-    owner = str(os.getuid()) if hasattr(os, "getuid") else getpass.getuser()
-    reports = Path(tempfile.gettempdir()) / f"boneage-reports-{owner}"
-    reports.mkdir(mode=0o700, exist_ok=True)
+    """A fresh folder for one PDF report; report folders older than KEEP_FILES_SECONDS are removed."""
+    reports = private_folder("boneage-reports")
     for old in reports.iterdir():
         if old.stat().st_mtime < time.time() - KEEP_FILES_SECONDS:
             shutil.rmtree(old, ignore_errors=True)
@@ -52,17 +54,19 @@ def make_predict(predictor: BoneAgePredictor):
         if not radiograph:
             raise gr.Error("Upload a hand radiograph (PNG, JPEG or DICOM).")
         try:
-            age = clinical.chronological_age(chronological_age, birth_date, exam_date)
+            age, age_warning = clinical.chronological_age(chronological_age, birth_date, exam_date)
+            patient = report.check_patient(patient)
             progress(0.1, desc="Decoding, checking and enhancing (CLAHE)")
             prepared = predictor.prepare(radiograph)
             progress(0.4, desc="Estimating bone age")
             reading = predictor.predict_prepared(prepared, sex, age, file=os.path.basename(radiograph))
         except (ImageError, ValueError) as exc:
             raise gr.Error(str(exc)) from None
+        reading.warnings += [w for w in (age_warning, report.unprintable_warning(patient)) if w]
         progress(0.6, desc="Heatmap, chart and report")
         heat = predictor.heatmap_overlay(prepared, reading.sex)
         pdf = report.pdf_report(
-            reading, prepared.enhanced, heat, report_folder() / "bone_age_report.pdf", patient or None
+            reading, prepared.enhanced, heat, report_folder() / "bone_age_report.pdf", patient
         )
         for warning in reading.warnings:
             gr.Warning(warning)
@@ -130,7 +134,7 @@ def dicom_defaults(radiograph: str | None):
 
 def build_app(predictor: BoneAgePredictor, examples: list[ExampleCase]) -> gr.Blocks:
     with gr.Blocks(
-        title="Bone age assessment", delete_cache=(KEEP_FILES_SECONDS, KEEP_FILES_SECONDS)
+        title="Bone age assessment", delete_cache=(CLEAN_EVERY_SECONDS, KEEP_FILES_SECONDS)
     ) as demo:
         gr.Markdown(
             "# Bone age from a hand radiograph\n"
@@ -190,6 +194,7 @@ def build_app(predictor: BoneAgePredictor, examples: list[ExampleCase]) -> gr.Bl
 
 
 def main() -> None:
+    os.umask(0o077)  # every file the app writes, Gradio's included, readable by its own user only
     predictor = BoneAgePredictor()
     examples = example_cases()
     demo = build_app(predictor, examples)
@@ -198,7 +203,8 @@ def main() -> None:
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
         max_file_size=MAX_FILE_BYTES,
         show_error=True,
-        allowed_paths=sorted({str(c.path.parent) for c in examples}),
+        allowed_paths=[str(c.path) for c in examples],  # the example files, not their folder
+        app_kwargs={"middleware": [Middleware(UploadLimits, max_bytes=MAX_UPLOAD_BYTES)]},
     )
 
 

@@ -135,12 +135,37 @@ def interpret(bone_age_months: float, chronological_age_months: float, sex: str)
     return Interpretation(gap, sd, z, call, warnings)
 
 
+MAX_QUOTED_CHARS = 80  # of a user's input echoed in an error message
+AGE_DISAGREEMENT_MONTHS = 1.0  # a typed age and the dates may differ by this much unremarked
+
+
+def quoted(text: object) -> str:
+    """``repr`` of a user's input, cut to ``MAX_QUOTED_CHARS`` characters for messages and logs."""
+    value = str(text)
+    if len(value) > MAX_QUOTED_CHARS:
+        return repr(value[:MAX_QUOTED_CHARS]) + f"... ({len(value)} characters)"
+    return repr(value) if isinstance(text, str) else value
+
+
+def age_disagreement(typed_months: float | None, dated_months: float | None, source: str) -> str | None:
+    """A warning showing both ages when a typed age and the one from ``source`` (the dates)
+    differ by more than ``AGE_DISAGREEMENT_MONTHS``; None otherwise. The typed age is used."""
+    if typed_months is None or dated_months is None:
+        return None
+    if abs(typed_months - dated_months) <= AGE_DISAGREEMENT_MONTHS:
+        return None
+    return (
+        f"The typed age ({typed_months:.1f} months) and the age from {source} ({dated_months:.1f} months) "
+        "disagree: the typed age is used. Check which is right."
+    )
+
+
 def check_chronological_age(months: float) -> float:
     """Validate an age in months (a number, 0 to 30 years)."""
     try:
         value = float(months)
     except (TypeError, ValueError):
-        raise ValueError(f"Chronological age must be a number of months, got {months!r}.") from None
+        raise ValueError(f"Chronological age must be a number of months, got {quoted(months)}.") from None
     if not np.isfinite(value):
         raise ValueError("Chronological age must be a finite number of months.")
     if value < 0:
@@ -178,7 +203,7 @@ def parse_age(text: str | float | int) -> float:
     match = _AGE_PATTERN.match(value)
     if not match or not any(match.groups()):
         raise ValueError(
-            f"Chronological age {value!r} is not a number: "
+            f"Chronological age {quoted(value)} is not a number: "
             "use months (e.g. 123) or years and months (e.g. 10y3m)."
         )
     years, months = (float(g) if g else 0.0 for g in match.groups())
@@ -205,17 +230,20 @@ def parse_date(text: str) -> date:
             return date(int(value[:4]), int(value[4:6]), int(value[6:]))
         return date.fromisoformat(value)
     except ValueError:
-        raise ValueError(f"Date {text!r} is not a valid date: use YYYY-MM-DD.") from None
+        raise ValueError(f"Date {quoted(text)} is not a valid date: use YYYY-MM-DD.") from None
 
 
 def chronological_age(
     age: str | float | None, birth_date: str | None = None, exam_date: str | None = None
-) -> float | None:
-    """Months from an age (months or 10y3m) or else from birth and exam dates; None when neither is given."""
-    if age is not None and str(age).strip():
-        return parse_age(age)
+) -> tuple[float | None, str | None]:
+    """Months from an age (months or 10y3m) or else from birth and exam dates (None when
+    neither is given), and a warning when both are given and disagree (``age_disagreement``)."""
+    dated = None
     if birth_date and str(birth_date).strip():
         if not exam_date or not str(exam_date).strip():
             raise ValueError("Give the exam date as well as the birth date.")
-        return age_between(parse_date(birth_date), parse_date(exam_date))
-    return None
+        dated = age_between(parse_date(birth_date), parse_date(exam_date))
+    if age is not None and str(age).strip():
+        typed = parse_age(age)
+        return typed, age_disagreement(typed, dated, "the birth and exam dates")
+    return dated, None

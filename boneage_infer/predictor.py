@@ -275,10 +275,14 @@ class BoneAgePredictor:
         if not str(sex or "").strip() and radiograph.sex:
             sex = radiograph.sex
             radiograph.notes.append(f"Sex {sex} taken from the DICOM header.")
-        months = clinical.chronological_age(age)
-        if months is None and radiograph.birth_date and radiograph.study_date:
-            months = clinical.age_between(radiograph.birth_date, radiograph.study_date)
-            radiograph.notes.append("Chronological age computed from the DICOM birth and study dates.")
+        months = clinical.chronological_age(age)[0]
+        if radiograph.birth_date and radiograph.study_date:
+            dated = clinical.age_between(radiograph.birth_date, radiograph.study_date)
+            if months is None:
+                months = dated
+                radiograph.notes.append("Chronological age computed from the DICOM birth and study dates.")
+            elif warning := clinical.age_disagreement(months, dated, "the DICOM birth and study dates"):
+                radiograph.notes.append(warning)
         return check_sex(sex), months
 
     def _read(self, items: list[tuple]) -> list[Reading | RejectedImage]:
@@ -361,7 +365,9 @@ def check_sex(sex: str | None) -> str:
     try:
         return clinical.check_sex(value)
     except ValueError:
-        raise ValueError(f"Sex must be M (male), F (female) or U (unknown), not {sex!r}.") from None
+        raise ValueError(
+            f"Sex must be M (male), F (female) or U (unknown), not {clinical.quoted(sex)}."
+        ) from None
 
 
 def _name(source) -> str | None:

@@ -119,3 +119,93 @@ def test_readme_api_example_runs(app_url, radiograph, capsys):
     assert reading["chronological_age_months"] == 123 and reading["sex"] == "F"
     printed = capsys.readouterr().out.strip().splitlines()[-1]
     assert printed == " ".join(str(reading[key]) for key in ("bone_age_months", "z_score", "call"))
+
+
+def test_only_the_example_files_are_served_not_the_data_folder(app_url):
+    import urllib.error
+    import urllib.request
+
+    from boneage_infer.data import example_cases
+
+    examples = example_cases()
+    assert examples
+    with urllib.request.urlopen(f"{app_url}gradio_api/file={examples[0].path}", timeout=30) as answer:
+        assert answer.status == 200 and answer.read() == examples[0].path.read_bytes()
+    shown = {c.path.name for c in examples}
+    other = next(p for p in sorted(examples[0].path.parent.iterdir()) if p.name not in shown)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{app_url}gradio_api/file={other}", timeout=30)
+    assert refused.value.code in (403, 404)
+
+
+def _post_files(url: str, files: list[tuple[str, bytes]]) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+    import uuid
+
+    boundary = uuid.uuid4().hex
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+        f"Content-Type: application/octet-stream\r\n\r\n".encode()
+        + content
+        + b"\r\n"
+        for name, content in files
+    ]
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    request = urllib.request.Request(
+        f"{url}gradio_api/upload", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_an_upload_holds_one_radiograph_at_most(app_url, radiograph):
+    status, text = _post_files(app_url, [("hand.jpg", radiograph.read_bytes())])
+    assert status == 200 and "hand.jpg" in text
+    status, text = _post_files(app_url, [("a.png", b"x" * 100), ("b.png", b"y" * 100)])
+    assert status == 413 and "at most 1 file" in text
+    # each part under the per-file limit, together over one radiograph's worth
+    half = bytes(int(UPLOAD_LIMIT_MB * 0.9 * 1024 * 1024))
+    status, text = _post_files(app_url, [("a.png", half), ("b.png", half)])
+    assert status == 413
+    assert predict(Client(app_url, verbose=False), radiograph)[8]["bone_age_months"] > 0  # still serving
+
+
+def test_the_apps_files_are_readable_by_its_own_user_only(client, radiograph, app_tmpdir):
+    pdf = predict(client, radiograph)[7]
+    gradio_temp = app_tmpdir / f"boneage-gradio-{os.getuid()}"
+    assert gradio_temp.is_dir() and (gradio_temp.stat().st_mode & 0o777) == 0o700
+    from boneage_infer.data import example_cases
+
+    examples = {c.path.name for c in example_cases()}  # Gradio's copies keep the shared files' 0444
+    written = [p for p in gradio_temp.rglob("*") if p.name not in examples]
+    assert any(p.name == "bone_age_report.pdf" for p in written)
+    assert any(p.name == radiograph.name for p in written)  # the upload
+    for path in [*written, *app_tmpdir.glob("boneage-reports-*/**/*")]:
+        assert path.stat().st_mode & 0o077 == 0, path
+    assert os.path.basename(pdf) == "bone_age_report.pdf"
+
+
+def test_patient_names_and_long_or_inconsistent_inputs_over_the_api(client, radiograph):
+    import subprocess
+
+    def read(patient="", age="118", birth="", exam=""):
+        return client.predict(
+            handle_file(str(radiograph)), "F", age, birth, exam, patient, api_name="/predict"
+        )
+
+    outputs = read("Łukasz 张伟")
+    text = subprocess.run(["pdftotext", outputs[7], "-"], capture_output=True, text=True, check=True).stdout
+    assert "Patient: Łukasz 张伟" in text
+    for patient, message in (("x" * 10_000, "at most 64"), ("Ann\x07", "control characters")):
+        with pytest.raises(Exception, match=message):
+            read(patient)
+    with pytest.raises(Exception) as error:
+        read(age="", birth="1" * 10_000, exam="2024-03-15")
+    assert "(10000 characters)" in str(error.value) and "1" * 81 not in str(error.value)
+    details = read(age="100", birth="2014-01-15", exam="2024-03-15")[8]
+    assert details["chronological_age_months"] == 100
+    assert any("typed age (100.0 months)" in w and "(122.0 months)" in w for w in details["warnings"])

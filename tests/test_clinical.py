@@ -88,13 +88,32 @@ def test_parse_age_rejects(text, message):
 
 def test_age_from_dates():
     assert clinical.age_between(date(2015, 5, 20), date(2025, 5, 20)) == pytest.approx(120)
-    assert clinical.chronological_age(None, "2015-05-20", "2025-08-20") == pytest.approx(123)
+    months, warning = clinical.chronological_age(None, "2015-05-20", "2025-08-20")
+    assert months == pytest.approx(123) and warning is None
     with pytest.raises(ValueError, match="before the birth date"):
         clinical.chronological_age(None, "2025-05-20", "2015-05-20")
     with pytest.raises(ValueError, match="exam date"):
         clinical.chronological_age(None, "2015-05-20", None)
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
         clinical.chronological_age(None, "20th May", "2025-05-20")
+
+
+def test_a_typed_age_that_disagrees_with_the_dates_is_used_with_a_warning_showing_both():
+    assert clinical.chronological_age("123.5", "2015-05-20", "2025-08-20") == (123.5, None)  # within a month
+    months, warning = clinical.chronological_age("10y", "2015-05-20", "2025-08-20")
+    assert months == 120
+    assert "typed age (120.0 months)" in warning and "birth and exam dates (123.0 months)" in warning
+    assert clinical.chronological_age("10y", None, None) == (120, None)
+
+
+def test_errors_quote_at_most_80_characters_of_the_input():
+    for call in (
+        lambda: clinical.chronological_age(None, "9" * 10_000, "2025-05-20"),
+        lambda: clinical.parse_age("x" * 10_000),
+    ):
+        with pytest.raises(ValueError) as error:
+            call()
+        assert len(str(error.value)) < 200 and "(10000 characters)" in str(error.value)
 
 
 def test_sex_and_stage():
