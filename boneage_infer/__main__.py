@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-EVALUATE_CHUNK = 64  # radiographs read at a time by evaluate
 
 
 def _print_error(name: str, exc: Exception) -> None:
@@ -56,53 +55,49 @@ def _collect_cases(args: argparse.Namespace) -> list[tuple[Path, str | None, str
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .predictor import BoneAgePredictor, RejectedImage
+    from .batch import ReadingsCsv, read_cases, result_row
+    from .predictor import BoneAgePredictor
     from .weights import WeightsError
 
     try:
         cases = _collect_cases(args)
+        if not cases:
+            raise ValueError("no images given")
+        if args.resume and not args.csv:
+            raise ValueError("--resume needs --csv: the readings file to pick up")
     except (OSError, ValueError) as exc:
         _print_error("input", exc)
-        return 2
-    if not cases:
-        _print_error("input", ValueError("no images given"))
         return 2
     try:
         predictor = BoneAgePredictor(args.weights)
     except WeightsError as exc:
         _print_error("weights", exc)
         return 3
-    results = predictor.predict_batch(
-        [c[0] for c in cases], [c[1] or "" for c in cases], [c[2] for c in cases]
-    )
-    rows, failed = [], 0
-    for (file, _, _), result in zip(cases, results):
+    try:
+        out = ReadingsCsv(args.csv, resume=args.resume) if args.csv else None
+    except (OSError, ValueError) as exc:
+        _print_error("csv", exc)
+        return 2
+    if out is not None and out.done:
+        cases = [c for c in cases if str(c[0]) not in out.done]
+        print(f"resuming {args.csv}: {len(out.done)} read before, {len(cases)} to read", file=sys.stderr)
+    progress = not args.quiet and (args.progress or sys.stderr.isatty())
+    failed = 0
+    for (file, _, _), result in read_cases(predictor, cases, progress=progress):
+        row = result_row(file, result)
         if isinstance(result, Exception):
             failed += 1
             _print_error(str(file), result)
-            row = {"file": str(file), "error": str(result)}
-            if isinstance(result, RejectedImage):
-                row["quality"] = result.quality.to_dict()
-                if args.json:
-                    print(json.dumps(row), flush=True)
-            rows.append(row)
-            continue
-        row = result.to_dict()
-        if args.heatmap:
+        elif args.heatmap:
             row["heatmap"] = str(_write_heatmap(predictor, Path(file), row["sex"], args.heatmap))
-        rows.append(row)
-        if args.json:
+        if out is not None:
+            out.write(row)
+        if args.json and "quality" in row:  # a reading or a rejection; an unreadable file only on stderr
             print(json.dumps(row), flush=True)
-        else:
+        elif not args.json and not isinstance(result, Exception):
             print(_describe(row), flush=True)
-    if args.csv:
-        fields = list(dict.fromkeys(k for row in rows for k in row))
-        with open(args.csv, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(
-                {k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()} for r in rows
-            )
+    if out is not None:
+        out.close()
     return 1 if failed else 0
 
 
@@ -154,18 +149,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 2
     sexes = ["M" if m else "F" for m in cases.male]
     results, excluded = [], []
-    for start in range(0, len(cases), EVALUATE_CHUNK):  # in chunks, so that --strict stops early
-        chunk = slice(start, start + EVALUATE_CHUNK)
-        for case_id, path, result in zip(
-            cases.ids[chunk], cases.paths[chunk], predictor.predict_batch(cases.paths[chunk], sexes[chunk])
-        ):
-            results.append(result)
-            if isinstance(result, Exception):
-                excluded.append(_excluded(case_id, path, result))
-                print(_describe_excluded(excluded[-1]), file=sys.stderr)
-                if args.strict:
-                    print("evaluate: stopped at the first excluded radiograph (--strict)", file=sys.stderr)
-                    return 1
+    for case_id, path, result in zip(cases.ids, cases.paths, predictor.predict_stream(cases.paths, sexes)):
+        results.append(result)
+        if isinstance(result, Exception):
+            excluded.append(_excluded(case_id, path, result))
+            print(_describe_excluded(excluded[-1]), file=sys.stderr)
+            if args.strict:
+                print("evaluate: stopped at the first excluded radiograph (--strict)", file=sys.stderr)
+                return 1
     ok = np.array([not isinstance(r, Exception) for r in results])
     readings = [r for r in results if not isinstance(r, Exception)]
     truth = cases.bone_age_months[ok]
@@ -333,7 +324,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--age", help="chronological age: months (e.g. 123) or years+months (e.g. 10y3m)")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
-    p.add_argument("--csv", type=Path, help="also write all readings to this CSV")
+    p.add_argument("--csv", type=Path, help="also write each reading to this CSV as it is read")
+    p.add_argument(
+        "--resume", action="store_true", help="skip the files already in --csv and append the rest"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--progress", action="store_true", help="a progress bar even when stderr is not a terminal"
+    )
     p.add_argument("--image-dir", type=Path, help="folder for a CSV's `id` column")
     p.add_argument("--heatmap", type=Path, help="write a Grad-CAM heatmap PNG per image to this folder")
     p.add_argument("--weights", help="weights folder (default: BONEAGE_WEIGHTS, BONEAGE_HF_REPO, weights/)")

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import NamedTuple
 
@@ -337,22 +341,43 @@ class BoneAgePredictor:
         batch_size: int = 8,
     ) -> list[Reading | Exception]:
         """Read many radiographs; a bad one yields its exception, the rest are still read."""
-        ages = chronological_ages_months or [None] * len(sources)
-        results: list[Reading | Exception | None] = [None] * len(sources)
-        pending = []
-        for index, (source, sex, age) in enumerate(zip(sources, sexes, ages, strict=True)):
-            try:
-                if str(sex or "").strip():
-                    check_sex(sex)  # a wrong sex is reported before any decoding
-                prepared = self.prepare(source)
-                pending.append((index, prepared, *self._patient(prepared, sex, age), _name(source)))
-            except (ImageError, ValueError) as exc:
-                results[index] = exc
-        for start in range(0, len(pending), batch_size):
-            chunk = pending[start : start + batch_size]
-            for item, reading in zip(chunk, self._read(chunk)):
-                results[item[0]] = reading
-        return results
+        return list(self.predict_stream(sources, sexes, chronological_ages_months, batch_size))
+
+    def predict_stream(
+        self,
+        sources: Iterable[str | Path | bytes],
+        sexes: Iterable[str],
+        chronological_ages_months: Iterable[float | str | None] | None = None,
+        batch_size: int = 8,
+        workers: int = 2,
+    ) -> Iterator[Reading | Exception]:
+        """``predict_batch`` as a stream: each result in order as soon as its batch is read.
+        Decoding, checks and CLAHE run on ``workers`` threads two batches ahead of the network,
+        so both overlap and memory holds only those batches, however many radiographs."""
+        if chronological_ages_months is None:
+            cases = ((source, sex, None) for source, sex in zip(sources, sexes, strict=True))
+        else:
+            cases = zip(sources, sexes, chronological_ages_months, strict=True)
+        with ThreadPoolExecutor(workers) as pool:
+            ahead = deque(pool.submit(self._prepare_case, *case) for case in islice(cases, 2 * batch_size))
+            while ahead:
+                batch = [ahead.popleft().result() for _ in range(min(batch_size, len(ahead)))]
+                ahead.extend(pool.submit(self._prepare_case, *case) for case in islice(cases, len(batch)))
+                ready = [(n, *item) for n, item in enumerate(batch) if not isinstance(item, Exception)]
+                readings = dict(zip((item[0] for item in ready), self._read(ready))) if ready else {}
+                yield from (
+                    item if isinstance(item, Exception) else readings[n] for n, item in enumerate(batch)
+                )
+
+    def _prepare_case(self, source, sex, age) -> tuple | Exception:
+        """(prepared, sex, age, file) for ``_read``, or the exception that makes it unreadable."""
+        try:
+            if str(sex or "").strip():
+                check_sex(sex)  # a wrong sex is reported before any decoding
+            prepared = self.prepare(source)
+            return (prepared, *self._patient(prepared, sex, age), _name(source))
+        except (ImageError, ValueError) as exc:
+            return exc
 
 
 def check_sex(sex: str | None) -> str:

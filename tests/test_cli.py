@@ -143,3 +143,45 @@ def test_evaluate_names_every_excluded_radiograph_and_strict_stops_at_the_first(
     assert f"unreadable {broken} " in text.stdout
     strict = run_cli("evaluate", "--images", str(images), "--labels", str(labels), "--json", "--strict")
     assert strict.returncode == 1 and strict.stdout == "" and "--strict" in strict.stderr
+
+
+def test_a_batch_killed_part_way_and_resumed_reads_every_radiograph_once(val_cases, tmp_path):
+    """Rows are flushed as they are read: kill the run after a few, tear its last row as a kill
+    mid-write would, and --resume reads the rest, each radiograph exactly once."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    for row in val_cases[1:21]:
+        (folder / f"{row['id']}.jpg").symlink_to(DATA / "images" / f"{row['id']}.jpg")
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    out = tmp_path / "readings.csv"
+    command = [sys.executable, "-m", "boneage_infer", "predict", str(folder), "--sex", "F", "--csv", str(out)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and (not out.is_file() or out.read_text().count("\n") < 9):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    written = out.read_text().count("\n") - 1
+    assert 8 <= written < 21  # killed part-way, the rows so far on disk
+    with open(out, "a") as handle:
+        handle.write(f"{folder}/torn-row.jpg,F,12")  # a row cut off mid-write
+    result = run_cli("predict", str(folder), "--sex", "F", "--csv", str(out), "--resume", "--progress")
+    assert result.returncode == 1  # the broken file
+    assert f"{written} read before, {21 - written} to read" in result.stderr
+    assert "21/21" in result.stderr or f"{21 - written}/{21 - written}" in result.stderr  # tqdm's bar
+    rows = list(csv.DictReader(open(out)))
+    files = [row["file"] for row in rows]
+    assert sorted(files) == sorted(str(p) for p in folder.iterdir()) and len(set(files)) == 21
+    assert all(float(r["bone_age_months"]) > 0 for r in rows if not r["file"].endswith("broken.png"))
+    assert [r["error"] for r in rows if r["file"].endswith("broken.png")][0]
+    again = run_cli("predict", str(folder), "--sex", "F", "--csv", str(out), "--resume", "--quiet")
+    assert "21 read before, 0 to read" in again.stderr and len(list(csv.DictReader(open(out)))) == 21
+    refused = run_cli("predict", str(folder), "--sex", "F", "--resume")
+    assert refused.returncode == 2 and "--resume needs --csv" in refused.stderr
