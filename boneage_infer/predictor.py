@@ -149,11 +149,28 @@ class BoneAgePredictor:
 
     # -- images ---------------------------------------------------------------------------
     def prepare(self, source: str | Path | bytes) -> PreparedImage:
-        """Decode, check and enhance an image file (raises ImageError for unusable input)."""
+        """Decode, check and enhance an image file (raises ImageError for unusable input).
+        A film scan whose frame fails the checks is read inside the film (``inside_film``)."""
         radiograph = preprocessing.read_radiograph(source)
         verdict = quality.image_checks(radiograph)
-        if not verdict.accepted:
+        if verdict.accepted:
+            return self._enhanced(radiograph, verdict)
+        inside = self.inside_film(radiograph)
+        if inside is None:
             raise RejectedImage(verdict)
+        return inside
+
+    def inside_film(self, radiograph: Radiograph) -> PreparedImage | None:
+        """The film of a scan framed by a uniform border (``preprocessing.crop_to_film``),
+        prepared, if it passes the image checks; None otherwise or when already cropped. Only
+        tried for an image refused as it is: RSNA's own grey-framed plates read as trained."""
+        if preprocessing.FILM_NOTE in radiograph.notes:
+            return None
+        film = preprocessing.crop_to_film(radiograph)
+        verdict = quality.image_checks(film) if film is not radiograph else None
+        return self._enhanced(film, verdict) if verdict is not None and verdict.accepted else None
+
+    def _enhanced(self, radiograph: Radiograph, verdict: quality.Quality) -> PreparedImage:
         enhanced = preprocessing.enhance(radiograph.pixels, self.config.hand_crop)
         model_input = preprocessing.to_model_input(enhanced, self.config.input_size)
         if self.config.channels == 3:
@@ -316,7 +333,12 @@ class BoneAgePredictor:
                     prepared.quality.noise_sigma,
                 )
                 if not verdict.accepted:
-                    readings.append(RejectedImage(verdict))
+                    inside = self.inside_film(prepared.radiograph)
+                    readings.append(
+                        RejectedImage(verdict)
+                        if inside is None
+                        else self._read([(0, inside, sex, age, file)])[0]
+                    )
                     continue
             readings.append(self._reading(prepared, sex, age, by_sex, parts, file))
         return readings

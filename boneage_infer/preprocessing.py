@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 
@@ -34,6 +34,12 @@ CLAHE_CLIP_LIMIT = 2.0
 CLAHE_TILE_GRID = (8, 8)
 HAND_MARGIN = 0.05  # of the hand's longer side, on each side of the crop
 MIN_HAND_AREA = 0.08  # of the frame: a smaller bright region is a marker or noise, not the hand
+# A film scanned on a bed or lightbox larger than the film: a uniform grey frame around it.
+FRAME_MAX_STD = 4.0  # grey levels along the outer edge
+FRAME_TOLERANCE = 12  # grey levels: a pixel further from the frame's grey is film
+MAX_FILM_AREA = 0.85  # of the image: a film filling more is read as it is
+MIN_FILM_AREA = 0.15
+FILM_NOTE = "Film scan: read inside the film, without the uniform border around it."
 MAX_PIXELS = 60_000_000  # larger than any plain radiograph; guards against decompression bombs
 MIN_SIDE = 64  # smaller images cannot show the growth plates
 MAX_FILE_BYTES = int(float(os.environ.get("BONEAGE_MAX_UPLOAD_MB", "100")) * 1024 * 1024)
@@ -274,6 +280,34 @@ def hand_box(pixels: np.ndarray) -> tuple[int, int, int, int] | None:
         return None
     x, y, width, height, _ = (int(v) for v in region[0])
     return (x, y, width, height) if width * height >= MIN_HAND_AREA * pixels.size else None
+
+
+def film_box(pixels: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The film's rectangle (x, y, width, height) in a scan where a uniform grey frame (the
+    scanner bed or lightbox) surrounds it; None when there is no such frame."""
+    ring = np.concatenate(
+        [pixels[:2].ravel(), pixels[-2:].ravel(), pixels[:, :2].ravel(), pixels[:, -2:].ravel()]
+    )
+    grey = float(np.median(ring))
+    if ring.std() > FRAME_MAX_STD:
+        return None
+    film = np.abs(cv2.medianBlur(pixels, 5).astype(np.int16) - grey) > FRAME_TOLERANCE
+    count, _, stats, _ = cv2.connectedComponentsWithStats(film.astype(np.uint8))
+    if count < 2:
+        return None
+    x, y, width, height, _ = (int(v) for v in stats[1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))])
+    share = width * height / pixels.size
+    return (x, y, width, height) if MIN_FILM_AREA <= share <= MAX_FILM_AREA else None
+
+
+def crop_to_film(radiograph: Radiograph) -> Radiograph:
+    """The radiograph inside its film (``film_box``), with a note; unchanged without a frame."""
+    box = film_box(radiograph.pixels)
+    if box is None:
+        return radiograph
+    x, y, width, height = box
+    pixels = _to_uint8(radiograph.pixels[y : y + height, x : x + width])
+    return replace(radiograph, pixels=pixels, notes=[*radiograph.notes, FILM_NOTE])
 
 
 def crop_to_hand(pixels: np.ndarray) -> np.ndarray:
