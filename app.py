@@ -198,7 +198,7 @@ def main() -> None:
     predictor = BoneAgePredictor()
     examples = example_cases()
     demo = build_app(predictor, examples)
-    demo.queue(default_concurrency_limit=2).launch(
+    demo.queue(default_concurrency_limit=int(os.environ.get("BONEAGE_CONCURRENCY", "2"))).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
         max_file_size=MAX_FILE_BYTES,

@@ -11,6 +11,7 @@ peak_rss_mb: this process (predictor) and the app process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,31 +32,54 @@ from boneage_infer import data  # noqa: E402
 from boneage_infer.predictor import BoneAgePredictor  # noqa: E402
 
 
-def app_cold_start() -> tuple[float, float]:
+def cpu() -> dict:
+    """The processor's model and the flags that decide CPU inference speed (print with every figure)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    model = next(
+        (line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), ""
+    )
+    flags = set(
+        next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    )
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni", "avx_vnni")
+    return {"cpu": model, "cpu_flags": [f for f in wanted if f in flags], "cores": os.cpu_count()}
+
+
+def peak_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024
+
+
+@contextlib.contextmanager
+def started_app(env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen, float]]:
+    """``python app.py`` on a free port: (url, process, seconds until the first HTTP 200)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}
+    env = {**os.environ, **(env or {}), "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}
     started = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+    url = f"http://127.0.0.1:{port}/"
     try:
         while True:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+                urllib.request.urlopen(url, timeout=2)
                 break
             except OSError:
                 if process.poll() is not None or time.perf_counter() - started > 300:
                     raise RuntimeError("app.py did not start") from None
                 time.sleep(0.2)
-        ready = time.perf_counter() - started
-        status = Path(f"/proc/{process.pid}/status").read_text()
-        rss_mb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024
-        return ready, rss_mb
+        yield url, process, time.perf_counter() - started
     finally:
         process.terminate()
         process.wait()
+
+
+def app_cold_start() -> tuple[float, float]:
+    with started_app() as (_, process, ready):
+        return ready, peak_rss_mb(process.pid)
 
 
 def main() -> None:
@@ -81,6 +106,7 @@ def main() -> None:
     throughput = len(paths) / (time.perf_counter() - started)
     cold_start, app_rss = app_cold_start()
     result = {
+        **cpu(),
         "n": len(paths),
         "model_version": predictor.model_version,
         "device": predictor.device,
